@@ -1,3 +1,3 @@
-"""smtp-gateway: an SMTP submission gateway on Trio that forwards accepted mail to NATS JetStream."""
+"""smtp-gateway: an SMTP submission gateway on Trio, forwarding mail to NATS JetStream."""
 
 __version__ = "0.1.0"

@@ -52,8 +52,8 @@ __all__ = [
     "Reply",
     "ServerConnection",
     "SessionConfig",
-    "State",
     "StartTls",
+    "State",
     "TlsMode",
     "replies",
 ]

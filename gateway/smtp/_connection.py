@@ -8,6 +8,7 @@ driver's decision (accept a sender, refuse a message) is what the session follow
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from . import _grammar as grammar
 from . import _replies as replies
@@ -42,6 +43,16 @@ class LocalProtocolError(Exception):
     TLS handshake...). Input from the client never raises: it becomes an event."""
 
 
+# Enum member lookups cost a dictionary walk each on Python 3.11: the hot path uses these.
+_COMMAND, _AUTH, _DATA = State.COMMAND, State.AUTH, State.DATA
+_TLS_HANDSHAKE, _CLOSED = State.TLS_HANDSHAKE, State.CLOSED
+
+_PHASE_MASK = _state.PHASE_MASK
+_IN_MAIL = _state.PHASE_BITS[Phase.MAIL]
+_IN_RCPT = _state.PHASE_BITS[Phase.RCPT]
+_REFUSALS = _state.REFUSALS
+_UNKNOWN = _state.REFUSALS_OF_UNKNOWN
+
 _TOO_LONG = object()  # _take_line's answer for a line over its limit, read to its end
 _AUTH_PREFIX = b"AUTH "
 _CLIENT_CLOSED = "client closed the connection"
@@ -50,9 +61,35 @@ _CLIENT_CLOSED = "client closed the connection"
 _UNPROMPTED = frozenset({220, 421, 554})
 
 
-@functools.lru_cache(maxsize=64)
-def _ehlo_reply(hostname: str, keywords: tuple[str, ...]) -> Reply:
-    return replies.ehlo(hostname, keywords)
+# Events carrying no client data are values: one instance of each serves every session.
+_NOOP = Answered("NOOP", replies.OK)
+_RSET = Answered("RSET", replies.OK)
+_HELP = Answered("HELP", replies.HELP)
+_QUIT = Answered("QUIT", replies.BYE)
+_VRFY = Answered("VRFY", replies.VRFY_CANNOT)
+_START_TLS = StartTls(replies.READY_TLS)
+_DATA_START = DataStart(replies.START_DATA)
+_PLAIN_CHALLENGE = AuthChallenge("PLAIN", replies.AUTH_PLAIN_CHALLENGE)
+_LOGIN_USERNAME = AuthChallenge("LOGIN", replies.AUTH_LOGIN_USERNAME)
+_LOGIN_PASSWORD = AuthChallenge("LOGIN", replies.AUTH_LOGIN_PASSWORD)
+
+
+@functools.lru_cache(maxsize=256)
+def _ehlo_reply(config: SessionConfig, starttls: bool, auth: bool) -> Reply:
+    keywords = [
+        "PIPELINING",
+        f"SIZE {config.max_message_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        f"LIMITS RCPTMAX={config.max_recipients}",
+    ]
+    if starttls:
+        keywords.append("STARTTLS")
+    if auth:
+        keywords.append("AUTH PLAIN LOGIN")
+    keywords.append("HELP")
+    return replies.ehlo(config.hostname, tuple(keywords))
 
 
 class ServerConnection:
@@ -60,17 +97,18 @@ class ServerConnection:
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
-        self.tls_active = config.tls_mode is TlsMode.IMPLICIT
         self.helo_name: str | None = None
         self.extended = False
         self.user: str | None = None
         self.errors = 0
         self.auth_failures = 0
         self.discarded_after_starttls = 0  # octets a client pipelined after STARTTLS
+        self.tls_active = config.tls_mode is TlsMode.IMPLICIT
+        self._facts = self._tls_facts()  # what the order table reads: see _state
         self._buf = bytearray()
         self._eof = False
-        self._state = State.COMMAND
-        self._phase = Phase.IDLE
+        self._state = _COMMAND
+        self._taking_input = True  # not closed, not in a TLS handshake, no end of input yet
         self._owed: CommandEvent | None = None
         self._discarding = False  # inside an over-long line: drop bytes up to its LF
         self._close_reason = ""
@@ -80,8 +118,19 @@ class ServerConnection:
         self._data_finished = False
         self._auth_mechanism = ""
         self._auth_username: str | None = None
+        # A command line ends at an LF before this index: beyond it, the exact rule decides.
+        self._quick_line_limit = config.max_command_line - 1
 
-    # --- the facts the state table looks at (_state.Session) --------------------------------
+    def _tls_facts(self) -> int:
+        c = self.config
+        facts = 0
+        if c.tls_mode is TlsMode.STARTTLS and not self.tls_active and not c.allow_plaintext_auth:
+            facts |= _state.TLS_FIRST
+        if not (self.tls_active or c.allow_plaintext_auth):
+            facts |= _state.NO_AUTH
+        return facts
+
+    # --- what a driver may read ------------------------------------------------------------
 
     @property
     def state(self) -> State:
@@ -89,30 +138,27 @@ class ServerConnection:
 
     @property
     def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def tls_first(self) -> bool:
-        c = self.config
-        return c.tls_mode is TlsMode.STARTTLS and not self.tls_active and not (
-            c.allow_plaintext_auth
-        )
-
-    @property
-    def auth_possible(self) -> bool:
-        return self.tls_active or self.config.allow_plaintext_auth
+        return _state.phase_of(self._facts)
 
     @property
     def greeted(self) -> bool:
-        return self.helo_name is not None
+        return bool(self._facts & _state.GREETED)
 
     @property
     def authenticated(self) -> bool:
-        return self.user is not None
+        return bool(self._facts & _state.AUTHENTICATED)
+
+    @property
+    def tls_first(self) -> bool:
+        return bool(self._facts & _state.TLS_FIRST)
+
+    @property
+    def auth_possible(self) -> bool:
+        return not self._facts & _state.NO_AUTH
 
     @property
     def closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _CLOSED
 
     @property
     def awaiting_reply(self) -> bool:
@@ -122,27 +168,45 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; b"" means the client closed its side."""
-        if self._state is State.TLS_HANDSHAKE:
+        if data and self._taking_input:
+            self._buf += data
+            return
+        if self._state is _TLS_HANDSHAKE:
             raise LocalProtocolError("bytes after STARTTLS belong to the TLS layer")
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if self._eof:
             raise LocalProtocolError("data after the end of input")
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
+        self._eof = True
+        self._taking_input = False
 
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA. Raises LocalProtocolError while a reply is owed."""
+        if self._state is _COMMAND and self._owed is None and not self._discarding:
+            # The usual case, kept short: a command line within the plain limit.
+            buf = self._buf
+            lf = buf.find(b"\n")
+            if 0 <= lf < self._quick_line_limit:
+                line = bytes(buf[: lf - 1 if lf and buf[lf - 1] == 0x0D else lf])
+                del buf[: lf + 1]
+                verb, arg = grammar.split_command(line)
+                refusal = _REFUSALS.get(verb, _UNKNOWN)[self._facts]
+                event = Rejected(verb, refusal) if refusal else _HANDLERS[verb](self, arg)
+                self._owed = event
+                return event
+            if lf < 0 and len(buf) < self._quick_line_limit and not self._eof:
+                return NEED_DATA
+        return self._next_event()
+
+    def _next_event(self) -> Event | NeedData:
         if self._owed is not None:
             raise LocalProtocolError(f"a reply to {self._owed!r} is owed first")
         state = self._state
-        if state is State.DATA:
+        if state is _DATA:
             return self._next_data()
-        if state is State.CLOSED:
+        if state is _CLOSED:
             return ConnectionClosed(self._close_reason)
-        if state is State.TLS_HANDSHAKE:
+        if state is _TLS_HANDSHAKE:
             raise LocalProtocolError("finish the TLS handshake: call tls_established()")
         line = self._take_line()
         if line is None:
@@ -150,15 +214,19 @@ class ServerConnection:
                 self._close(_CLIENT_CLOSED)
                 return ConnectionClosed(_CLIENT_CLOSED)
             return NEED_DATA
-        if state is State.AUTH:
-            if line is _TOO_LONG:
-                return self._owe(Rejected("AUTH", replies.COMMAND_TOO_LONG))
-            assert isinstance(line, bytes)
-            return self._owe(self._auth_response(line))
+        event: CommandEvent
         if line is _TOO_LONG:
-            return self._owe(Rejected("", replies.COMMAND_TOO_LONG))
-        assert isinstance(line, bytes)
-        return self._owe(self._command(line))
+            event = Rejected("AUTH" if state is _AUTH else "", replies.COMMAND_TOO_LONG)
+        elif state is _AUTH:
+            assert isinstance(line, bytes)
+            event = self._auth_response(line)
+        else:
+            assert isinstance(line, bytes)
+            verb, arg = grammar.split_command(line)
+            refusal = _REFUSALS.get(verb, _UNKNOWN)[self._facts]
+            event = Rejected(verb, refusal) if refusal else _HANDLERS[verb](self, arg)
+        self._owed = event
+        return event
 
     def _take_line(self) -> bytes | object | None:
         buf = self._buf
@@ -172,7 +240,8 @@ class ServerConnection:
             return _TOO_LONG
         if lf < 0:
             # Without its LF a line may still end in CR: one octet of slack until it is over.
-            if len(buf) >= self._line_limit():
+            n = len(buf)
+            if n >= self.config.max_command_line and n >= self._line_limit(buf):
                 buf.clear()
                 self._discarding = True
             return None
@@ -183,21 +252,13 @@ class ServerConnection:
             return _TOO_LONG
         return line
 
-    def _line_limit(self, line: bytes | bytearray | None = None) -> int:
+    def _line_limit(self, line: bytes | bytearray) -> int:
         c = self.config
-        head = (self._buf if line is None else line)[:5]
-        if self._state is State.AUTH or head.upper() == _AUTH_PREFIX:
+        if self._state is _AUTH or line[:5].upper() == _AUTH_PREFIX:
             return c.max_auth_line
         return c.max_command_line
 
     # --- commands ------------------------------------------------------------------------
-
-    def _command(self, line: bytes) -> CommandEvent:
-        verb, arg = grammar.split_command(line)
-        refusal = _state.refusal(verb, self)
-        if refusal is not None:
-            return Rejected(verb, refusal)
-        return self._HANDLERS[verb](self, arg)
 
     def _helo(self, arg: bytes) -> CommandEvent:
         if not arg:
@@ -210,20 +271,8 @@ class ServerConnection:
             return Rejected("EHLO", replies.EHLO_SYNTAX)
         name = arg.decode("utf-8", "replace")
         c = self.config
-        keywords = [
-            "PIPELINING",
-            f"SIZE {c.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            f"LIMITS RCPTMAX={c.max_recipients}",
-        ]
-        if c.tls_mode is TlsMode.STARTTLS and not self.tls_active:
-            keywords.append("STARTTLS")
-        if self.auth_possible:
-            keywords.append("AUTH PLAIN LOGIN")
-        keywords.append("HELP")
-        return Hello(name, True, _ehlo_reply(c.hostname, tuple(keywords)))
+        starttls = c.tls_mode is TlsMode.STARTTLS and not self.tls_active
+        return Hello(name, True, _ehlo_reply(c, starttls, self.auth_possible))
 
     def _starttls(self, arg: bytes) -> CommandEvent:
         if self.config.tls_mode is TlsMode.NONE:
@@ -232,28 +281,28 @@ class ServerConnection:
             return Rejected("STARTTLS", replies.TLS_ALREADY_ACTIVE)
         if arg:
             return Rejected("STARTTLS", replies.NO_ARGUMENTS)
-        return StartTls(replies.READY_TLS)
+        return _START_TLS
 
     def _noop(self, arg: bytes) -> CommandEvent:
-        return Answered("NOOP", replies.OK)
+        return _NOOP
 
     def _rset(self, arg: bytes) -> CommandEvent:
         if arg:
             return Rejected("RSET", replies.NO_ARGUMENTS)
-        return Answered("RSET", replies.OK)
+        return _RSET
 
     def _help(self, arg: bytes) -> CommandEvent:
-        return Answered("HELP", replies.HELP)
+        return _HELP
 
     def _quit(self, arg: bytes) -> CommandEvent:
         if arg:
             return Rejected("QUIT", replies.NO_ARGUMENTS)
-        return Answered("QUIT", replies.BYE)
+        return _QUIT
 
     def _vrfy(self, arg: bytes) -> CommandEvent:
         if not arg:
             return Rejected("VRFY", replies.VRFY_SYNTAX)
-        return Answered("VRFY", replies.VRFY_CANNOT)
+        return _VRFY
 
     def _expn(self, arg: bytes) -> CommandEvent:
         return Rejected("EXPN", replies.NOT_IMPLEMENTED)
@@ -268,12 +317,12 @@ class ServerConnection:
             self._auth_mechanism = "PLAIN"
             if initial:
                 return self._plain(initial)
-            return AuthChallenge("PLAIN", replies.AUTH_PLAIN_CHALLENGE)
+            return _PLAIN_CHALLENGE
         if mech == b"LOGIN":
             self._auth_mechanism = "LOGIN"
             if initial:
                 return self._login_step(initial)
-            return AuthChallenge("LOGIN", replies.AUTH_LOGIN_USERNAME)
+            return _LOGIN_USERNAME
         return Rejected("AUTH", replies.UNKNOWN_MECHANISM)
 
     def _auth_response(self, line: bytes) -> CommandEvent:
@@ -287,11 +336,10 @@ class ServerConnection:
         creds = grammar.parse_plain(response)
         if isinstance(creds, Reply):
             return Rejected("AUTH", creds)
-        if not creds.username or not creds.password:
+        authzid, username, password = creds
+        if not username or not password or (authzid and authzid != username):
             return Rejected("AUTH", replies.AUTH_INVALID)
-        if creds.authzid and creds.authzid != creds.username:
-            return Rejected("AUTH", replies.AUTH_INVALID)
-        return Authenticate("PLAIN", creds.username, creds.password, creds.authzid)
+        return Authenticate("PLAIN", username, password, authzid)
 
     def _login_step(self, response: bytes) -> CommandEvent:
         raw = grammar.decode_base64(response)
@@ -300,7 +348,7 @@ class ServerConnection:
             return Rejected("AUTH", replies.CANNOT_DECODE)
         if self._auth_username is None:
             self._auth_username = text
-            return AuthChallenge("LOGIN", replies.AUTH_LOGIN_PASSWORD)
+            return _LOGIN_PASSWORD
         if not self._auth_username or not text:
             return Rejected("AUTH", replies.AUTH_INVALID)
         return Authenticate("LOGIN", self._auth_username, text)
@@ -315,15 +363,16 @@ class ServerConnection:
         )
         if isinstance(parsed, Reply):
             return Rejected("MAIL", parsed)
-        params = grammar.parse_mail_params(parsed.params)
+        address, raw_params = parsed
+        params = grammar.parse_mail_params(raw_params)
         if isinstance(params, Reply):
             return Rejected("MAIL", params)
         limit = self.config.max_message_size
         if params.size is not None and params.size > limit:
             return Rejected("MAIL", replies.message_too_big(limit))
-        if not parsed.address.isascii() and not params.smtputf8:
+        if not params.smtputf8 and not address.isascii():
             return Rejected("MAIL", replies.UNICODE_NEEDS_SMTPUTF8)
-        return MailFrom(parsed.address, params.body, params.smtputf8, params.size)
+        return MailFrom(address, params.body, params.smtputf8, params.size)
 
     def _rcpt_to(self, arg: bytes) -> CommandEvent:
         parsed = grammar.parse_path_arg(
@@ -335,38 +384,24 @@ class ServerConnection:
         )
         if isinstance(parsed, Reply):
             return Rejected("RCPT", parsed)
-        if not parsed.address:
+        address, raw_params = parsed
+        if not address:
             return Rejected("RCPT", replies.BAD_RECIPIENT_SYNTAX)
-        bad_param = grammar.check_rcpt_params(parsed.params)
-        if bad_param is not None:
-            return Rejected("RCPT", bad_param)
+        if raw_params:
+            bad_param = grammar.check_rcpt_params(raw_params)
+            if bad_param is not None:
+                return Rejected("RCPT", bad_param)
         assert self._mail is not None
-        if not parsed.address.isascii() and not self._mail.smtputf8:
+        if not address.isascii() and not self._mail.smtputf8:
             return Rejected("RCPT", replies.UNICODE_NEEDS_SMTPUTF8)
         if len(self._rcpts) >= self.config.max_recipients:
             return Rejected("RCPT", replies.TOO_MANY_RECIPIENTS)
-        return RcptTo(parsed.address, replies.RECIPIENT_OK)
+        return RcptTo(address, replies.RECIPIENT_OK)
 
     def _data(self, arg: bytes) -> CommandEvent:
         if arg:
             return Rejected("DATA", replies.NO_ARGUMENTS)
-        return DataStart(replies.START_DATA)
-
-    _HANDLERS = {
-        "HELO": _helo,
-        "EHLO": _ehlo,
-        "STARTTLS": _starttls,
-        "NOOP": _noop,
-        "RSET": _rset,
-        "HELP": _help,
-        "QUIT": _quit,
-        "VRFY": _vrfy,
-        "EXPN": _expn,
-        "AUTH": _auth,
-        "MAIL": _mail_from,
-        "RCPT": _rcpt_to,
-        "DATA": _data,
-    }
+        return _DATA_START
 
     # --- DATA ----------------------------------------------------------------------------
 
@@ -379,7 +414,7 @@ class ServerConnection:
                 return DataChunk(chunk)
         if self._data_finished:
             self._data_finished = False
-            self._state = State.COMMAND
+            self._state = _COMMAND
             assert self._mail is not None
             envelope = Envelope(
                 self._mail.address,
@@ -407,98 +442,154 @@ class ServerConnection:
         A 421 closes the session. The reply that makes the `max_errors`-th bad command, or the
         `max_auth_failures`-th failed AUTH, is followed by a 421 that closes it.
         """
-        if self._state is State.CLOSED:
+        owed = self._owed
+        if owed is not None:
+            self._owed = None
+            _AFTER[type(owed)](self, owed, reply)
+            if reply.code < 400:
+                return reply.wire
+        elif self._state is _CLOSED:
             raise LocalProtocolError("the session is closed")
-        owed, self._owed = self._owed, None
-        if owed is None:
-            if reply.code not in _UNPROMPTED:
-                raise LocalProtocolError(f"no command awaits a reply: {reply!r}")
-        else:
-            self._apply(owed, reply)
-        out = reply.wire
+        elif reply.code not in _UNPROMPTED:
+            raise LocalProtocolError(f"no command awaits a reply: {reply!r}")
         code = reply.code
-        if code in replies.ERROR_CODES:
-            self.errors += 1
         if reply.closes:
             self._close(f"sent {code} {reply.enhanced}")
-        elif self.errors >= self.config.max_errors:
-            out += replies.too_many_errors(self.config.hostname).wire
+            return reply.wire
+        if code in replies.ERROR_CODES:
+            self.errors += 1
+        c = self.config
+        if self.errors >= c.max_errors:
             self._close("too many errors")
-        elif self.auth_failures >= self.config.max_auth_failures:
-            out += replies.too_many_errors(self.config.hostname).wire
+            return reply.wire + replies.too_many_errors(c.hostname).wire
+        if self.auth_failures >= c.max_auth_failures:
             self._close("too many failed AUTH attempts")
-        elif code == 554 and owed is None:
+            return reply.wire + replies.too_many_errors(c.hostname).wire
+        if code == 554 and owed is None:
             self._close("refused at greeting")
-        return out
+        return reply.wire
 
-    def _apply(self, owed: CommandEvent, reply: Reply) -> None:
+    # What each kind of command does to the session once its reply is sent.
+
+    def _after_auth(self, owed: CommandEvent, reply: Reply) -> None:
         code = reply.code
-        ok = reply.is_success
-        if isinstance(owed, (AuthChallenge, Authenticate)) or (
-            isinstance(owed, Rejected) and owed.verb == "AUTH"
-        ):
-            if code == 334:
-                self._state = State.AUTH
-                return
-            self._end_auth()
-            if code == 235 and isinstance(owed, Authenticate):
-                self.user = owed.username
-            elif code in (501, 535):
-                self.auth_failures += 1
+        if code == 334:
+            self._state = _AUTH
             return
-        if isinstance(owed, MessageComplete):
-            self._reset_transaction()  # RFC 5321 §4.1.1.4: whatever the final reply said
-            return
-        if not ok:
-            return
-        if isinstance(owed, Hello):
+        self._end_auth()
+        if code == 235 and isinstance(owed, Authenticate):
+            self.user = owed.username
+            self._facts |= _state.AUTHENTICATED
+        elif code in (501, 535):
+            self.auth_failures += 1
+
+    def _after_rejected(self, owed: CommandEvent, reply: Reply) -> None:
+        assert isinstance(owed, Rejected)
+        if owed.verb == "AUTH":
+            self._after_auth(owed, reply)
+
+    def _after_hello(self, owed: CommandEvent, reply: Reply) -> None:
+        assert isinstance(owed, Hello)
+        if reply.code == 250:
             self.helo_name = owed.name
             self.extended = owed.extended
+            self._facts |= _state.GREETED
             self._reset_transaction()
-        elif isinstance(owed, MailFrom):
+
+    def _after_mail(self, owed: CommandEvent, reply: Reply) -> None:
+        assert isinstance(owed, MailFrom)
+        if reply.code == 250:
             self._mail = owed
-            self._phase = Phase.MAIL
-        elif isinstance(owed, RcptTo):
+            self._facts = self._facts & ~_PHASE_MASK | _IN_MAIL
+
+    def _after_rcpt(self, owed: CommandEvent, reply: Reply) -> None:
+        assert isinstance(owed, RcptTo)
+        if 250 <= reply.code <= 251:
             self._rcpts.append(owed.address)
-            self._phase = Phase.RCPT
-        elif isinstance(owed, DataStart):
-            if code == 354:
-                c = self.config
-                self._reader = DataReader(c.max_message_size, c.max_text_line)
-                self._state = State.DATA
-        elif isinstance(owed, StartTls):
+            self._facts = self._facts & ~_PHASE_MASK | _IN_RCPT
+
+    def _after_data(self, owed: CommandEvent, reply: Reply) -> None:
+        if reply.code == 354:
+            c = self.config
+            self._reader = DataReader(c.max_message_size, c.max_text_line)
+            self._state = _DATA
+
+    def _after_message(self, owed: CommandEvent, reply: Reply) -> None:
+        self._reset_transaction()  # RFC 5321 §4.1.1.4: whatever the final reply said
+
+    def _after_starttls(self, owed: CommandEvent, reply: Reply) -> None:
+        if reply.code == 220:
             self.discarded_after_starttls = len(self._buf)
             self._buf.clear()
-            self._state = State.TLS_HANDSHAKE
-        elif isinstance(owed, Answered):
-            if owed.verb == "RSET":
-                self._reset_transaction()
-            elif owed.verb == "QUIT":
-                self._close("QUIT")
+            self._state = _TLS_HANDSHAKE
+            self._taking_input = False
+
+    def _after_answered(self, owed: CommandEvent, reply: Reply) -> None:
+        assert isinstance(owed, Answered)
+        if reply.code // 100 != 2:
+            return
+        if owed is _RSET:
+            self._reset_transaction()
+        elif owed is _QUIT:
+            self._close("QUIT")
 
     def _end_auth(self) -> None:
-        self._state = State.COMMAND
+        self._state = _COMMAND
         self._auth_mechanism = ""
         self._auth_username = None
 
     def _reset_transaction(self) -> None:
-        self._phase = Phase.IDLE
+        self._facts &= ~_PHASE_MASK
         self._mail = None
-        self._rcpts = []
+        if self._rcpts:
+            self._rcpts = []
         self._reader = None
 
     def _close(self, reason: str) -> None:
-        self._state = State.CLOSED
+        self._state = _CLOSED
+        self._taking_input = False
         self._close_reason = reason
         self._buf.clear()
 
     def tls_established(self) -> None:
         """The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 §4.2)."""
-        if self._state is not State.TLS_HANDSHAKE:
+        if self._state is not _TLS_HANDSHAKE:
             raise LocalProtocolError("no STARTTLS handshake is in progress")
         self.tls_active = True
         self.helo_name = None
         self.extended = False
         self.user = None
+        self._facts = self._tls_facts()  # not greeted, not authenticated, no transaction
         self._reset_transaction()
-        self._state = State.COMMAND
+        self._state = _COMMAND
+        self._taking_input = not self._eof
+
+
+_HANDLERS: dict[str, Callable[[ServerConnection, bytes], CommandEvent]] = {
+    "HELO": ServerConnection._helo,
+    "EHLO": ServerConnection._ehlo,
+    "STARTTLS": ServerConnection._starttls,
+    "NOOP": ServerConnection._noop,
+    "RSET": ServerConnection._rset,
+    "HELP": ServerConnection._help,
+    "QUIT": ServerConnection._quit,
+    "VRFY": ServerConnection._vrfy,
+    "EXPN": ServerConnection._expn,
+    "AUTH": ServerConnection._auth,
+    "MAIL": ServerConnection._mail_from,
+    "RCPT": ServerConnection._rcpt_to,
+    "DATA": ServerConnection._data,
+}
+
+_AFTER: dict[type, Callable[[ServerConnection, CommandEvent, Reply], None]] = {
+    Hello: ServerConnection._after_hello,
+    StartTls: ServerConnection._after_starttls,
+    AuthChallenge: ServerConnection._after_auth,
+    Authenticate: ServerConnection._after_auth,
+    MailFrom: ServerConnection._after_mail,
+    RcptTo: ServerConnection._after_rcpt,
+    DataStart: ServerConnection._after_data,
+    MessageComplete: ServerConnection._after_message,
+    Answered: ServerConnection._after_answered,
+    Rejected: ServerConnection._after_rejected,
+}

@@ -137,7 +137,15 @@ class ConnectionClosed:
 
 
 CommandEvent = (
-    Hello | StartTls | AuthChallenge | Authenticate | MailFrom | RcptTo | DataStart | Answered
-    | Rejected | MessageComplete
+    Hello
+    | StartTls
+    | AuthChallenge
+    | Authenticate
+    | MailFrom
+    | RcptTo
+    | DataStart
+    | Answered
+    | Rejected
+    | MessageComplete
 )
 Event = CommandEvent | DataChunk | ConnectionClosed

@@ -21,7 +21,8 @@ from ._replies import Reply
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
+_LABEL = rf"{_LET_DIG}(?:[A-Za-z0-9\-\u0080-\U0010ffff]*{_LET_DIG})?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = re.compile(rf"({_DOT_STRING}|{_QUOTED})@({_DOMAIN}|{_LITERAL})")
@@ -34,12 +35,23 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 
 
+_KNOWN_VERBS = (
+    *("HELO", "EHLO", "AUTH", "STARTTLS", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "HELP"),
+    *("VRFY", "EXPN", "QUIT", "BDAT", "TURN", "ETRN"),
+)
+_VERBS = {v.encode(): v for v in _KNOWN_VERBS}
+MAX_VERB = 10  # octets; longer words are no verb of any SMTP extension
+
+
 def split_command(line: bytes) -> tuple[str, bytes]:
     """The verb (upper case; "" when not a plausible verb) and the raw argument."""
-    verb, _, arg = line.partition(b" ")
-    if not verb.isalpha() or len(verb) > 10:
-        return "", arg
-    return verb.decode("ascii").upper(), arg.strip(b" ")
+    word, _, arg = line.partition(b" ")
+    verb = _VERBS.get(word) or _VERBS.get(word.upper())
+    if verb is None:
+        if not word.isalpha() or len(word) > MAX_VERB:
+            return "", arg
+        verb = word.decode("ascii").upper()
+    return verb, arg.strip(b" ") if arg else arg
 
 
 def _valid_literal(literal: str) -> bool:
@@ -66,29 +78,62 @@ def parse_mailbox(text: str) -> str | None:
     m = _MAILBOX.fullmatch(text)
     if m is None:
         return None
-    local, domain = m.group(1), m.group(2)
-    if len(local.encode()) > MAX_LOCAL_PART or len(domain.encode()) > MAX_DOMAIN:
+    local, domain = m.group(1, 2)
+    if text.isascii():
+        if len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN:
+            return None
+    elif len(local.encode()) > MAX_LOCAL_PART or len(domain.encode()) > MAX_DOMAIN:
         return None
     if domain.startswith("[") and not _valid_literal(domain):
         return None
     return text
 
 
-@attrs.frozen
-class PathAndParams:
-    address: str
-    params: tuple[tuple[str, str | None], ...]
+Params = tuple[tuple[str, str | None], ...]
+
+# The usual path, an ASCII dot-string at an ASCII domain, matched in one go on the raw bytes;
+# anything else (quoted local parts, literals, UTF-8, routes, errors) takes the full parser.
+_ASCII_ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
+_ASCII_LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_ASCII_MAILBOX = rb"(%s(?:\.%s)*)@(%s(?:\.%s)*)>" % (
+    _ASCII_ATOM,
+    _ASCII_ATOM,
+    _ASCII_LABEL,
+    _ASCII_LABEL,
+)
+_FAST_PATH = {
+    b"FROM:": re.compile(rb"(?i:FROM): ?<" + _ASCII_MAILBOX),
+    b"TO:": re.compile(rb"(?i:TO): ?<" + _ASCII_MAILBOX),
+}
 
 
 def parse_path_arg(
     arg: bytes, keyword: bytes, syntax: Reply, bad_address: Reply, *, allow_postmaster: bool
-) -> PathAndParams | Reply:
+) -> tuple[str, Params] | Reply:
     """`FROM:<path> params` or `TO:<path> params`: the address and the raw parameters."""
-    head = arg[: len(keyword)]
-    if head.upper() != keyword:
+    m = _FAST_PATH[keyword].match(arg)
+    if (
+        m is not None
+        and m.end(1) - m.start(1) <= MAX_LOCAL_PART
+        and m.end(2) - m.start(2) <= MAX_DOMAIN
+        and m.end(2) - m.start(1) + 2 <= MAX_PATH
+    ):
+        address = arg[m.start(1) : m.end(2)].decode("ascii")
+        end = m.end()
+        if end == len(arg):
+            return address, ()
+        if arg[end] == 0x20:
+            try:
+                params = _parse_params(arg[end:].decode("utf-8"))
+            except UnicodeDecodeError:
+                return syntax
+            return syntax if params is None else (address, params)
+    n = len(keyword)
+    head = arg[:n]
+    if head != keyword and head.upper() != keyword:
         return syntax
     try:
-        rest = arg[len(keyword) :].decode("utf-8").lstrip(" ")
+        rest = arg[n:].decode("utf-8").lstrip(" ")
     except UnicodeDecodeError:
         return bad_address
     if not rest:
@@ -100,11 +145,12 @@ def parse_path_arg(
         path, tail = rest[1:close], rest[close + 1 :]
         if tail and not tail.startswith(" "):
             return syntax
-        if len(path.encode()) + 2 > MAX_PATH:
+        if len(path) + 2 > MAX_PATH or (not path.isascii() and len(path.encode()) + 2 > MAX_PATH):
             return bad_address
-        route = _SOURCE_ROUTE.match(path)
-        if route is not None:  # RFC 5321 §4.1.2: accepted, and ignored
-            path = path[route.end() :]
+        if path[:1] == "@":
+            route = _SOURCE_ROUTE.match(path)
+            if route is not None:  # RFC 5321 §4.1.2: accepted, and ignored
+                path = path[route.end() :]
     else:
         # Postfix accepts the address without angle brackets; so do we.
         path, _, tail = rest.partition(" ")
@@ -118,15 +164,23 @@ def parse_path_arg(
         if parsed is None:
             return bad_address
         address = parsed
+    if not tail:
+        return address, ()
+    params = _parse_params(tail)
+    return syntax if params is None else (address, params)
+
+
+def _parse_params(tail: str) -> Params | None:
+    """Space-separated `keyword[=value]` (RFC 5321 §4.1.2), or None when malformed."""
     params: list[tuple[str, str | None]] = []
     for word in tail.split(" "):
         if not word:
             continue
         name, eq, value = word.partition("=")
         if not _KEYWORD.fullmatch(name) or (eq and not _VALUE.fullmatch(value)):
-            return syntax
+            return None
         params.append((name.upper(), value if eq else None))
-    return PathAndParams(address, tuple(params))
+    return tuple(params)
 
 
 @attrs.frozen
@@ -136,8 +190,13 @@ class MailParams:
     size: int | None = None
 
 
-def parse_mail_params(params: tuple[tuple[str, str | None], ...]) -> MailParams | Reply:
+NO_PARAMS = MailParams()
+
+
+def parse_mail_params(params: Params) -> MailParams | Reply:
     """MAIL's ESMTP parameters: SIZE, BODY, SMTPUTF8, AUTH (accepted and ignored)."""
+    if not params:
+        return NO_PARAMS
     body: str | None = None
     smtputf8 = False
     size: int | None = None
@@ -169,7 +228,7 @@ def parse_mail_params(params: tuple[tuple[str, str | None], ...]) -> MailParams 
 RCPT_IGNORED_PARAMS = frozenset({"NOTIFY", "ORCPT"})
 
 
-def check_rcpt_params(params: tuple[tuple[str, str | None], ...]) -> Reply | None:
+def check_rcpt_params(params: Params) -> Reply | None:
     """RCPT takes no parameters; DSN's NOTIFY and ORCPT are tolerated and ignored."""
     for name, _ in params:
         if name not in RCPT_IGNORED_PARAMS:
@@ -197,27 +256,16 @@ def decode_text(data: bytes) -> str | None:
         return None
 
 
-@attrs.frozen
-class PlainCredentials:
-    authzid: str
-    username: str
-    password: str = attrs.field(repr=False)
-
-
-def parse_plain(response: bytes) -> PlainCredentials | Reply:
-    """An AUTH PLAIN response, decoded: `authzid NUL authcid NUL passwd` (RFC 4616 §2)."""
+def parse_plain(response: bytes) -> tuple[str, str, str] | Reply:
+    """An AUTH PLAIN response, decoded: (authzid, authcid, passwd) (RFC 4616 §2)."""
     raw = decode_base64(response)
     if raw is None:
         return replies.CANNOT_DECODE
     parts = raw.split(b"\0")
     if len(parts) != 3:
         return replies.CANNOT_DECODE
-    texts = [decode_text(p) for p in parts]
-    authzid, username, password = texts
-    if authzid is None or username is None or password is None:
+    try:
+        authzid, username, password = (p.decode("utf-8") for p in parts)
+    except UnicodeDecodeError:
         return replies.CANNOT_DECODE
-    return PlainCredentials(authzid, username, password)
-
-
-def is_ascii(text: str) -> bool:
-    return text.isascii()
+    return authzid, username, password

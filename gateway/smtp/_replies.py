@@ -15,17 +15,24 @@ _UNSAFE = {c: "?" for c in (*range(0x20), 0x7F)}
 MAX_REPLY_TEXT = 400  # characters per line; keeps a reply within RFC 5321's 512-octet line
 
 
+def _safe(line: str) -> str:
+    # Replies may quote client input (an address, a parameter name): never let it break the
+    # line structure of the reply.
+    if not line.isprintable():
+        line = line.translate(_UNSAFE)
+    return line[:MAX_REPLY_TEXT]
+
+
 def _render(code: int, enhanced: str | None, lines: tuple[str, ...]) -> bytes:
-    prefix = f"{enhanced} " if enhanced else ""
-    out = []
-    last = len(lines) - 1
-    for i, line in enumerate(lines):
-        # Replies may quote client input (an address, a parameter name): never let it break
-        # the line structure of the reply.
-        safe = line.translate(_UNSAFE)[:MAX_REPLY_TEXT]
-        sep = " " if i == last else "-"
-        out.append(f"{code}{sep}{prefix}{safe}\r\n" if safe or prefix else f"{code}{sep}\r\n")
-    return "".join(out).encode("utf-8")
+    if len(lines) == 1:
+        if enhanced:
+            return f"{code} {enhanced} {_safe(lines[0])}\r\n".encode()
+        return f"{code} {_safe(lines[0])}\r\n".encode()
+    prefix = f"{code}-{enhanced} " if enhanced else f"{code}-"
+    *first, last = lines
+    head = "".join([f"{prefix}{_safe(line)}\r\n" for line in first])
+    tail = f"{code} {enhanced} {_safe(last)}\r\n" if enhanced else f"{code} {_safe(last)}\r\n"
+    return (head + tail).encode("utf-8")
 
 
 @attrs.frozen
@@ -36,9 +43,12 @@ class Reply:
     enhanced: str | None
     lines: tuple[str, ...]
     wire: bytes = attrs.field(init=False, repr=False, eq=False)
+    # A 421 tells the client the server is closing the connection (RFC 5321 §3.8).
+    closes: bool = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "wire", _render(self.code, self.enhanced, self.lines))
+        object.__setattr__(self, "closes", self.code == 421)
 
     @classmethod
     def of(cls, code: int, enhanced: str | None, *lines: str) -> Reply:
@@ -51,11 +61,6 @@ class Reply:
     @property
     def is_success(self) -> bool:
         return 200 <= self.code < 400
-
-    @property
-    def closes(self) -> bool:
-        """A 421 tells the client the server is closing the connection (RFC 5321 §3.8)."""
-        return self.code == 421
 
 
 R = Reply.of
@@ -109,9 +114,7 @@ UNKNOWN_MECHANISM = R(504, "5.5.4", "Unrecognized authentication type")
 AUTH_REQUIRED = R(530, "5.7.0", "Authentication required")
 STARTTLS_FIRST = R(530, "5.7.0", "Must issue a STARTTLS command first")
 AUTH_INVALID = R(535, "5.7.8", "Authentication credentials invalid")
-ENCRYPTION_REQUIRED = R(
-    538, "5.7.11", "Encryption required for requested authentication mechanism"
-)
+ENCRYPTION_REQUIRED = R(538, "5.7.11", "Encryption required for requested authentication mechanism")
 MESSAGE_TOO_BIG = R(552, "5.3.4", "Error: message file too big")
 UNICODE_NEEDS_SMTPUTF8 = R(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
 TLS_ALREADY_ACTIVE = R(554, "5.5.1", "Error: TLS already active")

@@ -2,13 +2,13 @@
 
 When several rules refuse a command, the first of these answers (service.md, commands):
 (1) STARTTLS first, (2) HELO/EHLO first, (3) authentication, (4) order within the transaction,
-(5) syntax and parameters. `refusal()` applies (1) to (4); the parsers apply (5).
+(5) syntax and parameters. `refusal()` applies (1) to (4), from a table built at import from
+`RULES`; the parsers apply (5).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Protocol
 
 import attrs
 
@@ -19,6 +19,10 @@ from ._replies import Reply
 class State(enum.Enum):
     """What the next input bytes are."""
 
+    # Members are singletons: identity hashing is exact, and far cheaper than Enum's default
+    # (a Python-level hash of the name) on the per-command path.
+    __hash__ = object.__hash__
+
     COMMAND = "command"  # command lines
     AUTH = "auth"  # a response to a 334 challenge
     DATA = "data"  # message data, until <CRLF>.<CRLF>
@@ -28,6 +32,8 @@ class State(enum.Enum):
 
 class Phase(enum.Enum):
     """Where the mail transaction is."""
+
+    __hash__ = object.__hash__
 
     IDLE = "idle"  # no MAIL yet
     MAIL = "mail"  # sender accepted
@@ -80,40 +86,52 @@ RULES: dict[str, Rule] = {
 PHASE_AFTER = {"MAIL": Phase.MAIL, "RCPT": Phase.RCPT}
 
 
-class Session(Protocol):
-    """The facts about a session that the rules look at."""
-
-    @property
-    def tls_first(self) -> bool:
-        """A STARTTLS listener, before TLS, without allow_plaintext_auth."""
-
-    @property
-    def auth_possible(self) -> bool:
-        """AUTH may be offered, and accepted, on this connection now."""
-
-    @property
-    def greeted(self) -> bool: ...
-
-    @property
-    def authenticated(self) -> bool: ...
-
-    @property
-    def phase(self) -> Phase: ...
+# The facts the rules look at, as bits of one small integer that the connection keeps current:
+# the table below is then indexed, not evaluated, on every command.
+TLS_FIRST = 1  # a STARTTLS listener, before TLS, without allow_plaintext_auth
+NO_AUTH = 2  # AUTH may not be offered on this connection now (no TLS, no plaintext AUTH)
+GREETED = 4
+AUTHENTICATED = 8
+PHASE_SHIFT = 4
+PHASE_BITS = {
+    Phase.IDLE: 0 << PHASE_SHIFT,
+    Phase.MAIL: 1 << PHASE_SHIFT,
+    Phase.RCPT: 2 << PHASE_SHIFT,
+}
+PHASE_MASK = 3 << PHASE_SHIFT
+_PHASES = {bits: phase for phase, bits in PHASE_BITS.items()}
+_FACT_COMBINATIONS = 4 << PHASE_SHIFT
 
 
-def refusal(verb: str, session: Session) -> Reply | None:
-    """The reply that refuses `verb` before its arguments are looked at, or None."""
-    rule = RULES.get(verb)
+def phase_of(facts: int) -> Phase:
+    return _PHASES[facts & PHASE_MASK]
+
+
+def _refusal(verb: str, rule: Rule | None, facts: int) -> Reply | None:
+    """The precedence of service.md, applied to one command and one set of facts."""
+    tls_first = facts & TLS_FIRST
     if rule is None:
-        return replies.STARTTLS_FIRST if session.tls_first else replies.UNKNOWN_COMMAND
-    if session.tls_first and not rule.before_tls:
+        return replies.STARTTLS_FIRST if tls_first else replies.UNKNOWN_COMMAND
+    if tls_first and not rule.before_tls:
         return replies.STARTTLS_FIRST
-    if verb == "AUTH" and not session.auth_possible:
+    if verb == "AUTH" and facts & NO_AUTH:
         return replies.ENCRYPTION_REQUIRED
-    if rule.needs_helo and not session.greeted:
+    if rule.needs_helo and not facts & GREETED:
         return replies.NEED_HELO
-    if rule.needs_auth and not session.authenticated:
+    if rule.needs_auth and not facts & AUTHENTICATED:
         return replies.AUTH_REQUIRED
-    if rule.refuses_auth and session.authenticated:
+    if rule.refuses_auth and facts & AUTHENTICATED:
         return replies.ALREADY_AUTHENTICATED
-    return rule.wrong_phase.get(session.phase)
+    return rule.wrong_phase.get(_PHASES.get(facts & PHASE_MASK, Phase.IDLE))
+
+
+REFUSALS: dict[str, tuple[Reply | None, ...]] = {
+    verb: tuple(_refusal(verb, rule, facts) for facts in range(_FACT_COMBINATIONS))
+    for verb, rule in RULES.items()
+}
+REFUSALS_OF_UNKNOWN = tuple(_refusal("", None, facts) for facts in range(_FACT_COMBINATIONS))
+
+
+def refusal(verb: str, facts: int) -> Reply | None:
+    """The reply that refuses `verb` before its arguments are looked at, or None."""
+    return REFUSALS.get(verb, REFUSALS_OF_UNKNOWN)[facts]

@@ -1,0 +1,148 @@
+"""Property tests: chunking never changes the outcome; no input makes the core raise or hang."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.smtp import ConnectionClosed, DataChunk, Event, MessageComplete
+
+from .driver import AUTH, EHLO, IN_TXN, SUBMISSION, Transcript, b64, drive
+
+VALID_SESSION = (
+    EHLO
+    + AUTH
+    + b"MAIL FROM:<alice@example.com> SIZE=100 BODY=8BITMIME\r\n"
+    + b"RCPT TO:<bob@example.net>\r\nRCPT TO:<carol@example.org> NOTIFY=NEVER\r\n"
+    + b"DATA\r\nFrom: alice@example.com\r\n\r\n..stuffed\r\nbody\r\n.\r\n"
+    + b"RSET\r\nNOOP\r\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<d@example.net>\r\n"
+    + b"DATA\r\n.\r\nHELP\r\nVRFY x\r\nFROB\r\nQUIT\r\n"
+)
+
+
+def normalized(events: list[Event]) -> list[object]:
+    """Events with consecutive DataChunks merged: chunk boundaries follow the reads."""
+    out: list[object] = []
+    for e in events:
+        if isinstance(e, DataChunk) and out and isinstance(out[-1], bytes):
+            out[-1] += e.data
+        elif isinstance(e, DataChunk):
+            out.append(e.data)
+        else:
+            out.append(e)
+    return out
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+REFERENCE = drive([VALID_SESSION])
+
+
+@given(st.lists(st.integers(min_value=0), max_size=60))
+def test_any_split_of_a_valid_session_gives_the_same_events(cuts: list[int]) -> None:
+    t = drive(split_at(VALID_SESSION, cuts))
+    assert normalized(t.events) == normalized(REFERENCE.events)
+    assert t.output == REFERENCE.output
+
+
+def test_reference_session_is_what_we_think() -> None:
+    assert [c for c, _ in REFERENCE.codes] == [
+        220,
+        250,
+        235,
+        250,
+        250,
+        250,
+        354,
+        250,
+        250,
+        250,
+        250,
+        250,
+        354,
+        250,
+        214,
+        252,
+        500,
+        221,
+    ]
+    done = [e for e in REFERENCE.events if isinstance(e, MessageComplete)]
+    assert len(done) == 2
+
+
+def assert_still_sane(t: Transcript) -> None:
+    t.replies  # noqa: B018 - parsing asserts every reply line is well formed
+    assert t.closed, "a client that closed its side always ends the session"
+    assert isinstance(t.events[-1], ConnectionClosed)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000), st.lists(st.integers(min_value=0), max_size=20))
+def test_random_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
+    assert_still_sane(drive(split_at(data, cuts)))
+    assert_still_sane(drive(split_at(data, cuts), SUBMISSION))
+
+
+_WORDS = [
+    b"EHLO x",
+    b"HELO x",
+    b"AUTH PLAIN",
+    b"AUTH LOGIN",
+    b"AUTH PLAIN " + b64("\0alice\0s3cret"),
+    b"*",
+    b"=",
+    b"MAIL FROM:<alice@example.com>",
+    b"MAIL FROM:<>",
+    b"RCPT TO:<b@example.net>",
+    b"DATA",
+    b".",
+    b"..",
+    b"RSET",
+    b"NOOP",
+    b"QUIT",
+    b"STARTTLS",
+    b"VRFY",
+    b"HELP",
+    b"\x00",
+    b"\xff\xfe",
+    b"MAIL FROM:<\xc3\xa5@x.org> SMTPUTF8",
+    b"RCPT TO:<@a,@b:c@d>",
+    b"x" * 600,
+    b"SIZE=99999999999999999999999",
+    b"<",
+    b">",
+    b" ",
+    b"\r",
+    b"\n",
+    b"\r\n",
+]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(_WORDS) | st.binary(max_size=20), max_size=80),
+    st.sampled_from([b"\r\n", b"\n", b"\r", b""]),
+    st.lists(st.integers(min_value=0), max_size=20),
+)
+def test_random_command_soup_never_raises(words: list[bytes], sep: bytes, cuts: list[int]) -> None:
+    data = sep.join(words) + sep
+    for prefix in (b"", EHLO + AUTH, IN_TXN + b"DATA\r\n"):
+        assert_still_sane(drive(split_at(prefix + data, cuts)))
+
+
+_LINE = st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@given(st.lists(_LINE, max_size=40), st.lists(st.integers(min_value=0), max_size=30))
+def test_dot_stuffing_round_trip(lines: list[bytes], cuts: list[int]) -> None:
+    """What a client dot-stuffs, the core gives back exactly, however the bytes arrive."""
+    message = b"".join(line + b"\r\n" for line in lines)
+    stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    t = drive(split_at(IN_TXN + b"DATA\r\n" + stuffed + b".\r\nQUIT\r\n", cuts))
+    assert t.messages == [message]
+    assert t.codes[-2:] == [(250, "2.0.0"), (221, "2.0.0")]
