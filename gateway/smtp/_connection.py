@@ -176,7 +176,9 @@ class ServerConnection:
         if self._state is _CLOSED:
             return
         if self._eof:
-            raise LocalProtocolError("data after the end of input")
+            if data:
+                raise LocalProtocolError("data after the end of input")
+            return
         self._eof = True
         self._taking_input = False
 
