@@ -1,0 +1,494 @@
+"""A NATS client over WebSocket (trio-websocket): one connection at a time, reconnected with
+backoff, health-checked with PING, many requests in flight, writes coalesced into frames."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import secrets
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import attrs
+import structlog
+import trio
+import trio_websocket
+
+from . import wire
+from .errors import (
+    MessageTooLarge,
+    UpstreamConfigError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+log = structlog.get_logger()
+
+SECONDS = 1.0
+MAX_FRAME = 64 * 1024 * 1024  # octets a frame from the server may have (trio-websocket: 1 MiB)
+RECEIVE_BUFFER = 64 * 1024  # octets per read: the 4 KiB default is about 4x slower on big mail
+COALESCE_LIMIT = 1024 * 1024  # octets of small operations joined into one frame
+PING_INTERVAL = 20 * SECONDS
+MAX_PINGS_OUT = 2  # unanswered PINGs before the connection counts as dead
+CONNECT_TIMEOUT = 5 * SECONDS
+CLOSE_TIMEOUT = 2 * SECONDS  # trio-websocket would wait 60 s on a dead peer
+BACKOFF_FIRST = 0.1 * SECONDS
+BACKOFF_MAX = 5 * SECONDS
+
+
+# What ends a connection without being a bug: the client reconnects after these.
+_CONNECTION_ERRORS = (
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    wire.ProtocolError,
+    UpstreamUnavailable,
+    UpstreamRejected,
+)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or the exception itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+@attrs.frozen
+class ClientStatistics:
+    """A snapshot of the connection's state."""
+
+    connected: bool
+    in_flight: int  # requests awaiting their reply
+    reconnects: int
+    server_max_payload: int | None
+
+
+class _Waiter:
+    """One request awaiting its reply."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: wire.Msg | None = None
+        self.error: UpstreamError | None = None
+
+
+def _credentials(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without its user information, and the CONNECT fields that carry it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise UpstreamConfigError(f"upstream url must be ws:// or wss://, got {url!r}")
+    fields: dict[str, str] = {}
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        if parts.password is not None:
+            fields = {"user": user, "pass": urllib.parse.unquote(parts.password)}
+        else:
+            fields = {"auth_token": user}
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(parts), fields
+
+
+def _redacted(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url
+    netloc = "***@" + parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One live WebSocket connection and its writer's queue."""
+
+    ws: trio_websocket.WebSocketConnection
+    info: dict[str, Any]
+    _outbox: list[bytes] = attrs.field(factory=list)
+    _outbox_size: int = 0
+    _wake_writer: trio.Event = attrs.field(factory=trio.Event)
+    pings_out: int = 0
+
+    def write(self, pieces: list[bytes]) -> None:
+        self._outbox.extend(pieces)
+        self._outbox_size += sum(map(len, pieces))
+        self._wake_writer.set()
+
+    async def writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                self._outbox_size = 0
+                frame: list[bytes] = []
+                size = 0
+                for piece in batch:
+                    if frame and size + len(piece) > COALESCE_LIMIT:
+                        await self.ws.send_message(b"".join(frame))
+                        frame, size = [], 0
+                    frame.append(piece)
+                    size += len(piece)
+                if frame:
+                    await self.ws.send_message(b"".join(frame))
+
+
+@attrs.define(eq=False)
+class NatsClient:
+    """A NATS client that keeps one WebSocket connection open, reconnecting as needed.
+
+    Start it with `await nursery.start(client.run)`: that returns once the first connection is
+    up and `on_connect` has run, or raises why it could not be made. Afterwards the client
+    reconnects by itself; requests made while it is down fail at once with UpstreamUnavailable.
+    """
+
+    url: str
+    name: str = "smtp-gateway"
+    # Run on every new connection before it serves requests (stream checks): an
+    # UpstreamConfigError from it is fatal on the first connection, retried on later ones.
+    on_connect: Callable[[NatsClient], Awaitable[None]] | None = None
+    ping_interval: float = PING_INTERVAL
+    connect_timeout: float = CONNECT_TIMEOUT
+    _conn: _Connection | None = None
+    _ready: bool = False
+    _waiters: dict[str, _Waiter] = attrs.field(factory=dict)
+    _subscriptions: dict[str, trio.MemorySendChannel[wire.Msg]] = attrs.field(factory=dict)
+    _subjects: dict[str, str] = attrs.field(factory=dict)
+    _inbox: str = attrs.field(factory=lambda: f"_INBOX.{secrets.token_hex(11)}")
+    _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _sids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(2))
+    _reconnects: int = 0
+    _connected_event: trio.Event = attrs.field(factory=trio.Event)
+    _disconnected_event: trio.Event = attrs.field(factory=trio.Event)
+
+    # --- public ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._ready
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        return self._conn.info if self._conn is not None else {}
+
+    def statistics(self) -> ClientStatistics:
+        max_payload = self.server_info.get("max_payload")
+        return ClientStatistics(
+            connected=self.connected,
+            in_flight=len(self._waiters),
+            reconnects=self._reconnects,
+            server_max_payload=max_payload if isinstance(max_payload, int) else None,
+        )
+
+    async def wait_connected(self) -> None:
+        """Return once the client is connected and ready."""
+        while not self.connected:
+            await self._connected_event.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the client has no usable connection."""
+        while self.connected:
+            await self._disconnected_event.wait()
+
+    async def request(
+        self, subject: str, payload: bytes, headers: wire.Headers = (), *, ready: bool = True
+    ) -> wire.Msg:
+        """Publish with a reply subject of our own and return the reply.
+
+        No deadline of its own: the caller's cancel scope bounds the wait. Raises
+        UpstreamUnavailable when not connected or when the connection is lost first,
+        MessageTooLarge when over the server's max_payload, UpstreamRejected when nobody
+        listens on the subject (status 503).
+        """
+        conn = self._conn
+        if conn is None or (ready and not self._ready):
+            raise UpstreamUnavailable("not connected to the NATS server")
+        token = str(next(self._tokens))
+        pieces = wire.pub(subject, f"{self._inbox}.{token}", payload, headers)
+        size = sum(map(len, pieces[1:-1]))
+        limit = conn.info.get("max_payload")
+        if isinstance(limit, int) and size > limit:
+            raise MessageTooLarge(
+                f"message of {size} octets is over the NATS server's max_payload of {limit}"
+            )
+        waiter = _Waiter()
+        self._waiters[token] = waiter
+        try:
+            conn.write(pieces)
+            await waiter.done.wait()
+        finally:
+            del self._waiters[token]
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        assert reply is not None
+        if reply.status == 503:
+            raise UpstreamRejected(
+                f"no responders on {subject!r} (no stream listens there)", temporary=True, code=503
+            )
+        return reply
+
+    async def request_json(self, subject: str, body: dict[str, Any] | None = None) -> Any:
+        """A JetStream API call: JSON in, JSON out."""
+        payload = json.dumps(body).encode() if body is not None else b""
+        reply = await self.request(subject, payload, ready=False)
+        try:
+            return json.loads(reply.payload)
+        except ValueError:
+            raise UpstreamRejected(
+                f"{subject}: reply is not JSON: {reply.payload[:80]!r}", temporary=True
+            ) from None
+
+    @asynccontextmanager
+    async def subscribe(
+        self, subject: str, buffer: int = 1000
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[wire.Msg]]:
+        """Messages on `subject` while the block runs (re-subscribed after a reconnect)."""
+        sid = str(next(self._sids))
+        send, receive = trio.open_memory_channel[wire.Msg](buffer)
+        self._subscriptions[sid] = send
+        self._subjects[sid] = subject
+        if self._conn is not None:
+            self._conn.write([wire.sub(subject, sid)])
+        try:
+            async with receive:
+                yield receive
+        finally:
+            del self._subscriptions[sid]
+            del self._subjects[sid]
+            if self._conn is not None:
+                self._conn.write([wire.unsub(sid)])
+            send.close()
+
+    # --- the connection loop ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up until cancelled."""
+        first = True
+        attempt = 0
+        while True:
+            fatal_seen = False
+            try:
+                async with self._connection() as conn:
+                    if self.on_connect is not None:
+                        await self.on_connect(self)
+                    self._ready = True
+                    self._connected_event.set()
+                    self._connected_event = trio.Event()
+                    log.info(
+                        "upstream.connected",
+                        url=_redacted(self.url),
+                        server_version=conn.info.get("version"),
+                        max_payload=conn.info.get("max_payload"),
+                    )
+                    if first:
+                        first = False
+                        task_status.started()
+                    attempt = 0
+                    await trio.sleep_forever()
+            except* UpstreamConfigError as group:
+                fatal = _leaves(group)[0]
+                fatal_seen = True
+                if first:
+                    raise fatal from None
+                log.error("upstream.unusable", url=_redacted(self.url), reason=str(fatal))
+            except* _CONNECTION_ERRORS as group:
+                # Cancellation is not matched here: it goes through untouched.
+                reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
+                if first and not fatal_seen:
+                    raise UpstreamUnavailable(
+                        f"cannot connect to NATS at {_redacted(self.url)}: {reason}"
+                    ) from None
+                log.warning("upstream.disconnected", url=_redacted(self.url), reason=reason)
+            attempt += 1
+            self._reconnects += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(attempt, 16))
+            await trio.sleep(delay * (0.5 + random.random() / 2))
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        url, credentials = _credentials(self.url)
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # We open and close the TCP stream ourselves: trio-websocket 0.12 leaves it open after
+        # an abnormal closure (its aclose() returns early once a close reason is recorded).
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(self.connect_timeout):
+                    tcp = await trio.open_tcp_stream(host, port)
+                    stream = tcp
+                    if parts.scheme == "wss":
+                        stream = trio.SSLStream(
+                            tcp, ssl.create_default_context(), server_hostname=host
+                        )
+                        await stream.do_handshake()
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        stream,
+                        host,
+                        resource,
+                        max_message_size=MAX_FRAME,
+                        message_queue_size=64,
+                        receive_buffer_size=RECEIVE_BUFFER,
+                    )
+                    parser = wire.Parser()
+                    info = await self._handshake(ws, parser, credentials)
+                conn = _Connection(ws, info)
+                self._conn = conn
+                # Our tasks get their own scope: stopped before the socket closes, so closing
+                # it is not reported as a lost connection on top of why we close it.
+                ours: list[trio.CancelScope] = []
+
+                async def guarded(task: Callable[[], Awaitable[None]]) -> None:
+                    with trio.CancelScope() as scope:
+                        ours.append(scope)
+                        if self._conn is conn:  # not already being torn down
+                            await task()
+
+                try:
+                    conn.write([wire.sub(f"{self._inbox}.*", "1")])
+                    conn.write([wire.sub(s, sid) for sid, s in self._subjects.items()])
+                    nursery.start_soon(guarded, partial(self._reader, conn, parser))
+                    nursery.start_soon(guarded, conn.writer)
+                    nursery.start_soon(guarded, partial(self._pinger, conn))
+                    yield conn
+                finally:
+                    self._drop(conn, "connection to the NATS server lost before the reply")
+                    for scope in ours:
+                        scope.cancel()
+                    with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                        scope.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._ready = False
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        parser: wire.Parser,
+        credentials: dict[str, str],
+    ) -> dict[str, Any]:
+        info: dict[str, Any] | None = None
+        while info is None:
+            op = await self._next_op(ws, parser)
+            if isinstance(op, wire.Info):
+                info = op.data
+            elif isinstance(op, wire.Err):
+                raise UpstreamUnavailable(f"NATS server: {op.message}")
+        options: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "echo": False,
+            "headers": True,
+            "no_responders": True,
+            "protocol": 1,
+            "lang": "python-trio",
+            "version": "0.1",
+            "name": self.name,
+            **credentials,
+        }
+        if info.get("auth_required") and not credentials:
+            raise UpstreamConfigError(
+                "the NATS server requires authentication: put the credentials in the upstream "
+                "url (ws://user:password@host:port, or ws://token@host:port)"
+            )
+        await ws.send_message(wire.connect(options) + wire.ping())
+        while True:
+            op = await self._next_op(ws, parser)
+            if isinstance(op, wire.Pong):
+                return info
+            if isinstance(op, wire.Err):
+                if "authorization" in op.message.lower() or "authentication" in op.message.lower():
+                    raise UpstreamConfigError(
+                        f"the NATS server refused the credentials in the upstream url: {op.message}"
+                    )
+                raise UpstreamUnavailable(f"NATS server refused the connection: {op.message}")
+            if isinstance(op, wire.Ping):
+                await ws.send_message(wire.pong())
+            elif isinstance(op, wire.Info):
+                info = op.data
+
+    @staticmethod
+    async def _next_op(
+        ws: trio_websocket.WebSocketConnection, parser: wire.Parser
+    ) -> wire.ServerOp:
+        while True:
+            op = parser.next_op()
+            if op is not None:
+                return op
+            data = await ws.get_message()
+            parser.feed(data if isinstance(data, bytes) else data.encode())
+
+    async def _reader(self, conn: _Connection, parser: wire.Parser) -> None:
+        prefix = self._inbox + "."
+        while True:
+            data = await conn.ws.get_message()
+            parser.feed(data if isinstance(data, bytes) else data.encode())
+            for op in parser:
+                if isinstance(op, wire.Msg):
+                    if op.subject.startswith(prefix):
+                        waiter = self._waiters.get(op.subject[len(prefix) :])
+                        if waiter is not None and not waiter.done.is_set():
+                            waiter.reply = op
+                            waiter.done.set()
+                    else:
+                        channel = self._subscriptions.get(op.sid)
+                        if channel is not None:
+                            try:
+                                channel.send_nowait(op)
+                            except trio.WouldBlock:
+                                log.warning("upstream.subscriber_slow", subject=op.subject)
+                            except trio.BrokenResourceError:
+                                pass
+                elif isinstance(op, wire.Ping):
+                    conn.write([wire.pong()])
+                elif isinstance(op, wire.Pong):
+                    conn.pings_out = 0
+                elif isinstance(op, wire.Info):
+                    conn.info = op.data
+                elif isinstance(op, wire.Err):
+                    log.warning("upstream.server_error", message=op.message)
+                    if "permissions violation" not in op.message.lower():
+                        raise UpstreamUnavailable(f"NATS server error: {op.message}")
+
+    async def _pinger(self, conn: _Connection) -> None:
+        while True:
+            await trio.sleep(self.ping_interval)
+            if conn.pings_out >= MAX_PINGS_OUT:
+                raise UpstreamUnavailable(
+                    f"NATS server did not answer {MAX_PINGS_OUT} PINGs: connection dead"
+                )
+            conn.pings_out += 1
+            conn.write([wire.ping()])
+
+    def _drop(self, conn: _Connection, reason: str) -> None:
+        """Fail every request in flight on `conn`: its reply can no longer come."""
+        if self._conn is conn:
+            self._conn = None
+            self._ready = False
+            self._disconnected_event.set()
+            self._disconnected_event = trio.Event()
+        for waiter in self._waiters.values():
+            if not waiter.done.is_set():
+                waiter.error = UpstreamUnavailable(reason)
+                waiter.done.set()
