@@ -15,6 +15,8 @@ import base64
 import time
 from collections.abc import Callable
 
+import machine
+
 from gateway.smtp import (
     NEED_DATA,
     Authenticate,
@@ -148,12 +150,6 @@ def best_of(rounds: int, fn: Callable[[], object], inner: int = 1) -> float:
     return min(times)
 
 
-def calibration() -> float:
-    """Microseconds for sum(range(100)): this VM runs at two speeds (about 0.8 and 1.4 here),
-    and this says which one the figures beside it were taken at."""
-    return best_of(20, lambda: sum(range(100)), inner=20000) * 1e6
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -175,7 +171,7 @@ def main() -> None:
     stuffed_chunks = [stuffed[i : i + READ_SIZE] for i in range(0, len(stuffed), READ_SIZE)]
     core_stuffed = best_of(args.rounds, lambda: data_through_core(stuffed_chunks))
 
-    print(f"machine: sum(range(100)) takes {calibration():.2f} us now (about 0.8 at full speed)")
+    print(machine.describe())
     print(f"small transaction (EHLO, AUTH, MAIL, 2 RCPT, {len(BODY_2K)} B DATA, QUIT), CPU:")
     print(f"  one read per command   {tx * 1e6:8.1f} us   (target <= 30 us)")
     print(f"  all in one read        {tx_pipe * 1e6:8.1f} us")

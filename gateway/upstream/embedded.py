@@ -130,17 +130,19 @@ async def run_embedded_nats(
     max_payload: int,
     client_port: int = -1,
     websocket_port: int = -1,
+    sync_always: bool = True,
     task_status: trio.TaskStatus[EmbeddedNats] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a private nats-server until cancelled (then SIGTERM, which it handles cleanly).
 
     Starts once the server listens (its ports file is written), with its URLs. Raises
-    EmbeddedServerError if it cannot start, or if it stops on its own.
+    EmbeddedServerError if it cannot start, or if it stops on its own. `sync_always` asks for
+    an fsync before every acknowledgement (benchmarks turn it off to compare).
     """
     executable = find_nats_server()
     version = server_version(executable)
-    sync_always = version >= SYNC_ALWAYS_SINCE
-    if not sync_always:
+    if sync_always and version < SYNC_ALWAYS_SINCE:
+        sync_always = False
         log.warning(
             "upstream.embedded.no_sync_always",
             version=".".join(map(str, version)),

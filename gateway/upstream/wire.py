@@ -8,6 +8,7 @@ any split and gives back whole operations. It imports nothing but the standard l
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import attrs
@@ -214,8 +215,12 @@ class Parser:
 # --- what the client sends ------------------------------------------------------------------
 
 
+_WHITESPACE = re.compile(r"\s")
+_BAD_HEADER_NAME = re.compile(r"[\s:]")
+
+
 def _check_token(value: str, what: str) -> bytes:
-    if not value or any(c in value for c in " \t\r\n"):
+    if not value or _WHITESPACE.search(value):
         raise ValueError(f"invalid {what}: {value!r}")
     return value.encode()
 
@@ -242,13 +247,11 @@ def unsub(sid: str) -> bytes:
 
 def header_block(headers: Headers) -> bytes:
     """`NATS/1.0` CRLF, one `Name: value` CRLF per field, CRLF."""
-    parts = [HEADER_VERSION, b"\r\n"]
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
     for name, value in headers:
-        if not name or any(c in name for c in ":\r\n ") or "\r" in value or "\n" in value:
+        if not name or _BAD_HEADER_NAME.search(name) or "\r" in value or "\n" in value:
             raise ValueError(f"header field cannot be sent: {name!r}")
-        parts.append(f"{name}: {value}\r\n".encode())
-    parts.append(b"\r\n")
-    block = b"".join(parts)
+    block = b"NATS/1.0\r\n" + text.encode() + b"\r\n"
     if len(block) > MAX_HEADER_BLOCK:
         raise ValueError(f"header block of {len(block)} octets is over {MAX_HEADER_BLOCK}")
     return block

@@ -174,3 +174,18 @@ def test_header_block_limit() -> None:
 
 def test_connect_is_compact_json() -> None:
     assert wire.connect({"verbose": False}) == b'CONNECT {"verbose":false}\r\n'
+
+
+def test_the_wire_format_imports_no_io() -> None:
+    """wire.py is sans-IO: its own imports are the standard library's pure parts and attrs."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(wire.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "json", "re", "typing", "attrs"}, imported
