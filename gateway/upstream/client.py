@@ -3,8 +3,10 @@ backoff, health-checked with PING, many requests in flight, writes coalesced int
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
+import math
 import random
 import secrets
 import ssl
@@ -15,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import attrs
+import outcome
 import structlog
 import trio
 import trio_websocket
@@ -23,8 +26,8 @@ from . import wire
 from .errors import (
     MessageTooLarge,
     UpstreamConfigError,
-    UpstreamError,
     UpstreamRejected,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 
@@ -40,6 +43,7 @@ CONNECT_TIMEOUT = 5 * SECONDS
 CLOSE_TIMEOUT = 2 * SECONDS  # trio-websocket would wait 60 s on a dead peer
 BACKOFF_FIRST = 0.1 * SECONDS
 BACKOFF_MAX = 5 * SECONDS
+SWEEP_MAX = 0.25 * SECONDS  # the longest the deadline sweeper sleeps between looks
 
 
 # What ends a connection without being a bug: the client reconnects after these.
@@ -73,14 +77,21 @@ class ClientStatistics:
 
 
 class _Waiter:
-    """One request awaiting its reply."""
+    """One request awaiting its reply: the parked task, woken with the reply or an error.
 
-    __slots__ = ("done", "error", "reply")
+    Cheaper than a trio.Event per request, which matters at thousands of publishes a second.
+    """
+
+    __slots__ = ("task", "woken")
 
     def __init__(self) -> None:
-        self.done = trio.Event()
-        self.reply: wire.Msg | None = None
-        self.error: UpstreamError | None = None
+        self.task = trio.lowlevel.current_task()
+        self.woken = False
+
+    def wake(self, result: outcome.Outcome[wire.Msg]) -> None:
+        if not self.woken:
+            self.woken = True
+            trio.lowlevel.reschedule(self.task, result)
 
 
 def _credentials(url: str) -> tuple[str, dict[str, str]]:
@@ -173,6 +184,9 @@ class NatsClient:
     _reconnects: int = 0
     _connected_event: trio.Event = attrs.field(factory=trio.Event)
     _disconnected_event: trio.Event = attrs.field(factory=trio.Event)
+    # (deadline, order, token, waiter) of requests with a deadline, soonest first.
+    _deadlines: list[tuple[float, int, str, _Waiter]] = attrs.field(factory=list)
+    _deadline_added: trio.Event = attrs.field(factory=trio.Event)
 
     # --- public ----------------------------------------------------------------------------
 
@@ -204,14 +218,22 @@ class NatsClient:
             await self._disconnected_event.wait()
 
     async def request(
-        self, subject: str, payload: bytes, headers: wire.Headers = (), *, ready: bool = True
+        self,
+        subject: str,
+        payload: bytes,
+        headers: wire.Headers = (),
+        *,
+        ready: bool = True,
+        deadline: float | None = None,
     ) -> wire.Msg:
         """Publish with a reply subject of our own and return the reply.
 
-        No deadline of its own: the caller's cancel scope bounds the wait. Raises
-        UpstreamUnavailable when not connected or when the connection is lost first,
+        Raises UpstreamUnavailable when not connected or when the connection is lost first,
         MessageTooLarge when over the server's max_payload, UpstreamRejected when nobody
-        listens on the subject (status 503).
+        listens on the subject (status 503), UpstreamTimeout when `deadline` (trio time)
+        passes first. A caller's cancel scope bounds the wait too; `deadline` exists because a
+        cancel scope per publish measured a quarter of the publish path's CPU, where one heap
+        entry swept by one task per connection costs next to nothing.
         """
         conn = self._conn
         if conn is None or (ready and not self._ready):
@@ -225,16 +247,21 @@ class NatsClient:
                 f"message of {size} octets is over the NATS server's max_payload of {limit}"
             )
         waiter = _Waiter()
-        self._waiters[token] = waiter
-        try:
-            conn.write(pieces)
-            await waiter.done.wait()
-        finally:
-            del self._waiters[token]
-        if waiter.error is not None:
-            raise waiter.error
-        reply = waiter.reply
-        assert reply is not None
+        waiters = self._waiters
+        waiters[token] = waiter
+        if deadline is not None:
+            if not self._deadlines:
+                self._deadline_added.set()
+            heapq.heappush(self._deadlines, (deadline, int(token), token, waiter))
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            waiter.woken = True  # cancelled: a late reply finds nobody to wake
+            waiters.pop(token, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        conn.write(pieces)
+        reply: wire.Msg = await trio.lowlevel.wait_task_rescheduled(abort)
+        waiters.pop(token, None)
         if reply.status == 503:
             raise UpstreamRejected(
                 f"no responders on {subject!r} (no stream listens there)", temporary=True, code=503
@@ -367,14 +394,18 @@ class NatsClient:
                     nursery.start_soon(guarded, partial(self._reader, conn, parser))
                     nursery.start_soon(guarded, conn.writer)
                     nursery.start_soon(guarded, partial(self._pinger, conn))
+                    nursery.start_soon(guarded, self._sweeper)
                     yield conn
                 finally:
                     self._drop(conn, "connection to the NATS server lost before the reply")
                     for scope in ours:
                         scope.cancel()
-                    with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                        scope.shield = True
-                        await ws.aclose()
+                    # A polite close needs trio-websocket's reader, which a cancellation from
+                    # outside has stopped: then the TCP close below is all there is to do.
+                    if trio.current_effective_deadline() != -math.inf:
+                        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                            scope.shield = True
+                            await ws.aclose()
                     nursery.cancel_scope.cancel()
         finally:
             self._ready = False
@@ -447,10 +478,9 @@ class NatsClient:
             for op in parser:
                 if isinstance(op, wire.Msg):
                     if op.subject.startswith(prefix):
-                        waiter = self._waiters.get(op.subject[len(prefix) :])
-                        if waiter is not None and not waiter.done.is_set():
-                            waiter.reply = op
-                            waiter.done.set()
+                        waiter = self._waiters.pop(op.subject[len(prefix) :], None)
+                        if waiter is not None:
+                            waiter.wake(outcome.Value(op))
                     else:
                         channel = self._subscriptions.get(op.sid)
                         if channel is not None:
@@ -481,6 +511,25 @@ class NatsClient:
             conn.pings_out += 1
             conn.write([wire.ping()])
 
+    async def _sweeper(self) -> None:
+        """Fail requests whose deadline passed."""
+        heap = self._deadlines
+        while True:
+            if not heap:
+                await self._deadline_added.wait()
+                self._deadline_added = trio.Event()
+                continue
+            deadline, _, token, waiter = heap[0]
+            now = trio.current_time()
+            if deadline > now:
+                # Deadlines mostly arrive in order; the cap catches one that jumps the queue.
+                await trio.sleep_until(min(deadline, now + SWEEP_MAX))
+                continue
+            heapq.heappop(heap)
+            if self._waiters.get(token) is waiter:
+                del self._waiters[token]
+                waiter.wake(outcome.Error(UpstreamTimeout("no reply before the deadline")))
+
     def _drop(self, conn: _Connection, reason: str) -> None:
         """Fail every request in flight on `conn`: its reply can no longer come."""
         if self._conn is conn:
@@ -488,7 +537,7 @@ class NatsClient:
             self._ready = False
             self._disconnected_event.set()
             self._disconnected_event = trio.Event()
-        for waiter in self._waiters.values():
-            if not waiter.done.is_set():
-                waiter.error = UpstreamUnavailable(reason)
-                waiter.done.set()
+        waiters, self._waiters = self._waiters, {}
+        self._deadlines.clear()
+        for waiter in waiters.values():
+            waiter.wake(outcome.Error(UpstreamUnavailable(reason)))

@@ -183,10 +183,14 @@ def _verify_stream(settings: StreamSettings, config: dict[str, Any]) -> None:
 
 
 async def publish(
-    client: NatsClient, settings: StreamSettings, submission: Submission, message: bytes
+    client: NatsClient,
+    settings: StreamSettings,
+    submission: Submission,
+    message: bytes,
+    deadline: float | None = None,
 ) -> PubAck:
-    """Publish and wait for JetStream's acknowledgement (no deadline of its own)."""
-    reply = await client.request(settings.subject, message, submission.headers())
+    """Publish and wait for JetStream's acknowledgement, until `deadline` (trio time)."""
+    reply = await client.request(settings.subject, message, submission.headers(), deadline=deadline)
     try:
         ack = json.loads(reply.payload)
     except ValueError:
@@ -254,10 +258,10 @@ class Upstream:
     async def publish(self, submission: Submission, message: bytes) -> PubAck:
         """Store `message`; return once JetStream acknowledged it, or raise UpstreamError."""
         self._in_flight += 1
+        deadline = trio.current_time() + self.ack_timeout
         try:
-            with trio.fail_after(self.ack_timeout):
-                ack = await publish(self.client, self.settings, submission, message)
-        except trio.TooSlowError:
+            ack = await publish(self.client, self.settings, submission, message, deadline)
+        except UpstreamTimeout:
             self._failed += 1
             raise UpstreamTimeout(
                 f"no acknowledgement from JetStream within {self.ack_timeout:g} s"

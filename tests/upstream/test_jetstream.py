@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from gateway.upstream import (
     MessageTooLarge,
@@ -113,16 +114,20 @@ async def test_server_killed_with_messages_in_flight(
 
         with trio.fail_after(20):  # every publish returns or raises: none hangs
             async with trio.open_nursery() as publishers:
-                for i in messages:
+                for i in range(100):  # acknowledged before the fault
                     publishers.start_soon(one, i)
-                    if i == 100:
-                        nats.kill()
-                    await trio.lowlevel.checkpoint()  # let some acknowledgements come back first
+            nats.freeze()  # from here nothing is acknowledged ...
+            async with trio.open_nursery() as publishers:
+                for i in range(100, 200):  # ... so these are in flight when it dies
+                    publishers.start_soon(one, i)
+                await trio.testing.wait_all_tasks_blocked()  # the writer has sent them
+                assert upstream.statistics().in_flight == 100
+                nats.kill()
         acked = {i: r for i, r in results.items() if isinstance(r, int)}
         failed = {i: r for i, r in results.items() if isinstance(r, Exception)}
         assert len(results) == 200
-        assert acked, "the kill came before any acknowledgement"
-        assert failed, "the kill came after every acknowledgement"
+        assert sorted(acked) == list(range(100))
+        assert sorted(failed) == list(range(100, 200))
         assert all(isinstance(e, UpstreamUnavailable) for e in failed.values())
 
         # Restarted, the client reconnects by itself...

@@ -182,7 +182,7 @@ def test_the_wire_format_imports_no_io() -> None:
     from pathlib import Path
 
     tree = ast.parse(Path(wire.__file__).read_text())
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
