@@ -164,9 +164,19 @@ class ServerConnection:
     def awaiting_reply(self) -> bool:
         return self._owed is not None
 
+    @property
+    def envelope(self) -> Envelope | None:
+        """The transaction so far (sender and accepted recipients), or None outside one."""
+        mail = self._mail
+        if mail is None:
+            return None
+        return Envelope(
+            mail.address, tuple(self._rcpts), mail.body, mail.smtputf8, mail.declared_size
+        )
+
     # --- input ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the client; b"" means the client closed its side."""
         if data and self._taking_input:
             self._buf += data

@@ -12,7 +12,7 @@ import trio
 
 from . import wire
 from .client import NatsClient
-from .errors import UpstreamConfigError
+from .errors import UpstreamConfigError, UpstreamUnavailable
 
 NANOSECONDS = 1_000_000_000
 CONSUMER_IDLE = 30  # seconds an abandoned consumer of ours lingers on the server
@@ -70,8 +70,15 @@ async def tail(
 ) -> None:
     """Print envelopes of messages as they are stored (or all, with `from_start`)."""
     client = NatsClient(url, name="smtp-gateway queue tail")
+
+    async def lost() -> None:
+        # The consumer is ephemeral: it does not outlive the connection, so neither do we.
+        await client.wait_disconnected()
+        raise UpstreamUnavailable("lost the connection to the NATS server")
+
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
+        nursery.start_soon(lost)
         inbox = f"_INBOX.tail.{secrets.token_hex(8)}"
         async with client.subscribe(inbox) as messages:
             config = {

@@ -1,0 +1,104 @@
+"""`serve`: the whole gateway on one node, from a Config."""
+
+from __future__ import annotations
+
+import ssl
+from functools import partial
+
+import attrs
+import structlog
+import trio
+
+from ..auth import Authenticator, UserStore
+from ..config import Config, Listener
+from ..smtp import TlsMode
+from ..upstream import StreamSettings, Upstream, run_embedded_nats
+from ..upstream.embedded import embedded_max_payload
+from .session import Gateway
+
+log = structlog.get_logger()
+
+
+@attrs.frozen
+class Running:
+    """What `serve` started: the bound address of each listener, and the shared state."""
+
+    gateway: Gateway
+    addresses: tuple[tuple[Listener, str, int], ...]  # listener, bound host, bound port
+
+    def port(self, tls: TlsMode) -> int:
+        return next(port for listener, _, port in self.addresses if listener.tls is tls)
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not any(listener.tls is not TlsMode.NONE for listener in config.listeners):
+        return None
+    assert config.tls.certificate is not None and config.tls.private_key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls.certificate, config.tls.private_key)
+    return context
+
+
+def stream_settings(config: Config) -> StreamSettings:
+    return StreamSettings(
+        name=config.upstream.stream,
+        subject=config.upstream.subject,
+        duplicate_window=config.upstream.duplicate_window,
+        max_message_size=config.limits.max_message_size,
+    )
+
+
+async def serve(
+    config: Config,
+    *,
+    authenticator: Authenticator | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until cancelled."""
+    settings = stream_settings(config)
+    if authenticator is None:
+        authenticator = Authenticator(UserStore.load(config.users.file))
+    context = ssl_context(config)
+    async with trio.open_nursery() as nursery:
+        url = config.upstream.url
+        if url is None:
+            embedded = await nursery.start(
+                partial(
+                    run_embedded_nats,
+                    config.data_dir,
+                    max_payload=embedded_max_payload(settings.max_msg_size),
+                )
+            )
+            url = embedded.websocket_url
+        upstream = Upstream.create(url, settings, config.upstream.ack_timeout)
+        await nursery.start(upstream.client.run)
+        gateway = Gateway.create(config, authenticator, upstream, context)
+        addresses = []
+        for listener in config.listeners:
+            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+            for sock in sockets:
+                host, port = sock.socket.getsockname()[:2]
+                addresses.append((listener, host, port))
+                log.info(
+                    "listener.open",
+                    address=f"{host}:{port}",
+                    tls=listener.tls.value,
+                    plaintext_auth=listener.allow_plaintext_auth,
+                )
+            nursery.start_soon(
+                partial(trio.serve_listeners, partial(_accept, gateway, listener), sockets)
+            )
+        log.info("gateway.ready", hostname=config.hostname, users=len(authenticator.store.users))
+        task_status.started(Running(gateway, tuple(addresses)))
+
+
+async def _accept(gateway: Gateway, listener: Listener, stream: trio.SocketStream) -> None:
+    try:
+        peer = stream.socket.getpeername()
+        host, port = peer[0], peer[1]
+        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    except OSError:
+        await trio.aclose_forcefully(stream)
+        return
+    await gateway.handle(stream, listener, client)

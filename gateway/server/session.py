@@ -1,0 +1,391 @@
+"""One SMTP session: the sans-IO core driven over a Trio stream.
+
+The core decides what the protocol decides; this module decides what needs the world: who the
+user is, whether a sender is theirs, whether the queue stored the message, and when time is up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+from typing import Protocol
+
+import attrs
+import structlog
+import trio
+
+from ..auth import Authenticator, User
+from ..config import Config, Listener
+from ..smtp import (
+    NEED_DATA,
+    AuthChallenge,
+    Authenticate,
+    CommandEvent,
+    ConnectionClosed,
+    DataChunk,
+    DataStart,
+    MailFrom,
+    MessageComplete,
+    Rejected,
+    Reply,
+    ServerConnection,
+    SessionConfig,
+    State,
+    TlsMode,
+    replies,
+)
+from ..upstream import (
+    MessageTooLarge,
+    PubAck,
+    Submission,
+    SubmissionDigest,
+    UpstreamError,
+)
+from .limits import AuthFailures, UserSlots
+
+log = structlog.get_logger()
+
+SECONDS = 1.0
+RECEIVE_SIZE = 64 * 1024  # octets per read
+AUTH_DELAYS = (1 * SECONDS, 2 * SECONDS, 4 * SECONDS, 8 * SECONDS)  # after 1, 2, 3, 4+ failures
+CLOSE_TIMEOUT = 2 * SECONDS  # a last reply and the TLS close, on the way out
+_ids = itertools.count(1)
+
+
+class Queue(Protocol):
+    """Where accepted mail goes: gateway.upstream.Upstream (NATS JetStream) in production."""
+
+    @property
+    def available(self) -> bool: ...
+
+    async def publish(self, submission: Submission, message: bytes) -> PubAck: ...
+
+
+@attrs.define(eq=False)
+class Gateway:
+    """What every session of one node shares."""
+
+    config: Config
+    authenticator: Authenticator
+    upstream: Queue
+    slots: UserSlots
+    failures: AuthFailures
+    ssl_context: ssl.SSLContext | None = None
+    open_connections: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        config: Config,
+        authenticator: Authenticator,
+        upstream: Queue,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Gateway:
+        limits = config.limits
+        return cls(
+            config,
+            authenticator,
+            upstream,
+            UserSlots(limits.max_connections_per_user),
+            AuthFailures(limits.auth_failures_per_address, limits.auth_failure_window),
+            ssl_context,
+        )
+
+    def session_config(self, listener: Listener) -> SessionConfig:
+        limits = self.config.limits
+        return SessionConfig(
+            hostname=self.config.hostname,
+            tls_mode=listener.tls,
+            allow_plaintext_auth=listener.allow_plaintext_auth,
+            max_message_size=limits.max_message_size,
+            max_recipients=limits.max_recipients,
+        )
+
+    async def handle(self, stream: trio.abc.Stream, listener: Listener, client: str) -> None:
+        """Serve one accepted connection; never raises (it would end the listener)."""
+        self.open_connections += 1
+        try:
+            if self.open_connections > self.config.limits.max_connections:
+                log.warning("limit.node_connections", client=client)
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await stream.send_all(replies.too_many_connections(self.config.hostname).wire)
+                return
+            await Session(self, listener, stream, client).run()
+        except Exception:
+            log.exception("session.crash", client=client)  # Session.run catches; belt and braces
+        finally:
+            self.open_connections -= 1
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+
+@attrs.define(eq=False)
+class Session:
+    gateway: Gateway
+    listener: Listener
+    stream: trio.abc.Stream
+    client: str  # address:port
+    conn: ServerConnection = attrs.field(init=False)
+    conn_id: str = attrs.field(factory=lambda: f"c{next(_ids)}")
+    user: User | None = None
+    close_reason: str = "closed"
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages: int = 0
+    _out: list[bytes] = attrs.field(factory=list)
+    _idle_deadline: float = 0.0
+    _data_deadline: float = 0.0
+    _chunks: list[bytes] = attrs.field(factory=list)
+    _digest: SubmissionDigest | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.conn = ServerConnection(self.gateway.session_config(self.listener))
+
+    @property
+    def client_host(self) -> str:
+        return self.client.rpartition(":")[0].strip("[]")
+
+    # --- the session's life -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(conn_id=self.conn_id, client=self.client)
+        started = trio.current_time()
+        log.info("session.open", listener=self.listener.address, tls=self.listener.tls.value)
+        try:
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close_reason = "connection lost"
+        except Exception:
+            self.close_reason = "internal error"
+            log.exception("session.error")
+            if not self.conn.closed:
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        self._out = [self.conn.send(replies.internal_error(self._hostname))]
+                        await self._flush()
+                    except Exception:  # the stream may be what broke
+                        pass
+        finally:
+            self._release_slot()
+            log.info(
+                "session.close",
+                reason=self.close_reason,
+                duration=round(trio.current_time() - started, 3),
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                messages=self.messages,
+            )
+            structlog.contextvars.unbind_contextvars("conn_id", "client", "user")
+
+    @property
+    def _hostname(self) -> str:
+        return self.gateway.config.hostname
+
+    async def _serve(self) -> None:
+        limits = self.gateway.config.limits
+        conn = self.conn
+        if self.listener.tls is TlsMode.IMPLICIT and not await self._tls_handshake():
+            return
+        self._queue(conn.send(replies.greeting(self._hostname)))
+        self._idle_deadline = trio.current_time() + limits.idle_timeout
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                in_data = conn.state is State.DATA
+                deadline = self._data_deadline if in_data else self._idle_deadline
+                data = None
+                with trio.move_on_at(deadline):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if data is None:
+                    self.close_reason = "DATA timeout" if in_data else "idle timeout"
+                    log.info("session.timeout", during="DATA" if in_data else "command")
+                    self._queue(conn.send(replies.timeout(self._hostname)))
+                    await self._flush()
+                    return
+                self.bytes_in += len(data)
+                if in_data:
+                    self._data_deadline = trio.current_time() + limits.data_progress_timeout
+                conn.receive_data(data)
+                continue
+            if isinstance(event, DataChunk):
+                self._chunks.append(event.data)
+                if self._digest is not None:
+                    self._digest.update(event.data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                self.close_reason = event.reason
+                await self._flush()
+                return
+            # A complete command: the idle clock starts again.
+            self._idle_deadline = trio.current_time() + limits.idle_timeout
+            reply = await self._answer(event)
+            self._queue(conn.send(reply))
+            if conn.state is State.TLS_HANDSHAKE:
+                await self._flush()
+                if not await self._tls_handshake():
+                    return
+                conn.tls_established()
+            elif conn.state is State.DATA and isinstance(event, DataStart):
+                self._data_deadline = trio.current_time() + limits.data_progress_timeout
+                self._start_message()
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+
+    async def _flush(self) -> None:
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out = []
+        # A client that stops reading our replies is as idle as one that stops writing.
+        with trio.fail_after(self.gateway.config.limits.idle_timeout):
+            await self.stream.send_all(data)
+        self.bytes_out += len(data)
+
+    async def _tls_handshake(self) -> bool:
+        context = self.gateway.ssl_context
+        assert context is not None, "a TLS listener without an SSL context"
+        tls = trio.SSLStream(self.stream, context, server_side=True)
+        with trio.move_on_after(self.gateway.config.limits.idle_timeout) as scope:
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                self.close_reason = "TLS handshake failed"
+                log.info("session.tls_failed", error=str(exc.__cause__ or exc))
+                return False
+        if scope.cancelled_caught:
+            self.close_reason = "TLS handshake timeout"
+            log.info("session.timeout", during="TLS handshake")
+            return False
+        self.stream = tls
+        log.debug("session.tls", version=tls.version(), cipher=(tls.cipher() or ("",))[0])
+        return True
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    async def _answer(self, event: CommandEvent) -> Reply:
+        conn = self.conn
+        starts_auth = conn.state is State.COMMAND and (
+            isinstance(event, (AuthChallenge, Authenticate))
+            or (isinstance(event, Rejected) and event.verb == "AUTH")
+        )
+        if starts_auth:
+            if self.gateway.failures.blocked(self.client_host):
+                log.warning("limit.auth_failures_per_address", address=self.client_host)
+                return replies.AUTH_TEMPORARY_FAILURE
+            if conn.auth_failures:
+                await self._flush()  # earlier pipelined replies are not held back
+                delay = AUTH_DELAYS[min(conn.auth_failures, len(AUTH_DELAYS)) - 1]
+                await trio.sleep(delay)
+        if isinstance(event, Authenticate):
+            reply = await self._authenticate(event)
+        elif isinstance(event, MailFrom):
+            reply = self._mail_from(event)
+        elif isinstance(event, DataStart):
+            reply = event.reply if self.gateway.upstream.available else replies.QUEUE_UNAVAILABLE
+        elif isinstance(event, MessageComplete):
+            reply = await self._message_complete(event)
+        else:
+            assert event.reply is not None
+            reply = event.reply
+        if (
+            isinstance(event, (AuthChallenge, Authenticate, Rejected))
+            and (not isinstance(event, Rejected) or event.verb == "AUTH")
+            and reply.code in (501, 535)
+        ):
+            self.gateway.failures.record(self.client_host)
+        return reply
+
+    async def _authenticate(self, event: Authenticate) -> Reply:
+        user = await self.gateway.authenticator.verify(event.username, event.password)
+        if user is None:
+            log.info("auth.failure", mechanism=event.mechanism, username=event.username)
+            return replies.AUTH_INVALID
+        if not self.gateway.slots.acquire(user.name):
+            log.warning("limit.user_connections", user=user.name)
+            self.close_reason = "too many connections for this user"
+            return replies.too_many_user_connections(self._hostname)
+        self.user = user
+        structlog.contextvars.bind_contextvars(user=user.name)
+        log.info("auth.success", mechanism=event.mechanism)
+        return replies.AUTH_OK
+
+    def _release_slot(self) -> None:
+        if self.user is not None:
+            self.gateway.slots.release(self.user.name)
+            self.user = None
+
+    def _mail_from(self, event: MailFrom) -> Reply:
+        assert self.user is not None
+        if not self.gateway.upstream.available:
+            log.info("message.deferred", reason="upstream unavailable", at="MAIL")
+            return replies.QUEUE_UNAVAILABLE
+        if self.user.owns(event.address):
+            return replies.SENDER_OK
+        log.info(
+            "message.rejected",
+            code=553,
+            enhanced="5.7.1",
+            sender=event.address,
+            reason="sender not owned by user",
+        )
+        return replies.sender_not_owned(event.address, self.user.name)
+
+    def _start_message(self) -> None:
+        envelope = self.conn.envelope
+        assert envelope is not None and self.user is not None
+        self._chunks = []
+        self._digest = SubmissionDigest(self.user.name, envelope.mail_from, envelope.rcpt_to)
+
+    async def _message_complete(self, event: MessageComplete) -> Reply:
+        chunks, self._chunks = self._chunks, []
+        digest, self._digest = self._digest, None
+        envelope = event.envelope
+        if event.reply is not None:
+            self.gateway.rejected += 1
+            log.info(
+                "message.rejected",
+                code=event.reply.code,
+                enhanced=event.reply.enhanced,
+                reason=event.reply.text,
+                sender=envelope.mail_from,
+                size=event.size,
+            )
+            return event.reply
+        assert self.user is not None and digest is not None
+        message = b"".join(chunks)
+        submission = Submission(
+            user=self.user.name,
+            client=self.client,
+            mail_from=envelope.mail_from,
+            rcpt_to=envelope.rcpt_to,
+            msg_id=digest.msg_id(),
+            queue_id=digest.queue_id(),
+        )
+        started = trio.current_time()
+        try:
+            ack = await self.gateway.upstream.publish(submission, message)
+        except MessageTooLarge as exc:
+            self.gateway.rejected += 1
+            log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))
+            return replies.message_too_big(self.gateway.config.limits.max_message_size)
+        except UpstreamError as exc:
+            log.warning("message.deferred", reason=str(exc), queue_id=submission.queue_id)
+            return replies.QUEUE_UNAVAILABLE
+        self.messages += 1
+        self.gateway.accepted += 1
+        log.info(
+            "message.accepted",
+            queue_id=submission.queue_id,
+            sender=envelope.mail_from,
+            recipients=len(envelope.rcpt_to),
+            size=len(message),
+            upstream_latency=round(trio.current_time() - started, 4),
+            seq=ack.seq,
+            duplicate=ack.duplicate,
+        )
+        return replies.queued(submission.queue_id)
