@@ -16,6 +16,8 @@ import trio
 
 from ..auth import Authenticator, User
 from ..config import Config, Listener
+from ..message import Rules, trace_headers
+from ..message import check as check_message
 from ..smtp import (
     NEED_DATA,
     AuthChallenge,
@@ -71,6 +73,8 @@ class Gateway:
     slots: UserSlots
     failures: AuthFailures
     ssl_context: ssl.SSLContext | None = None
+    # Message checks are CPU work in threads: at most one per core at a time.
+    checks: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
     open_connections: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -358,6 +362,29 @@ class Session:
             return event.reply
         assert self.user is not None and digest is not None
         message = b"".join(chunks)
+        limits = self.gateway.config.limits
+        rules = Rules(
+            owns=self.user.owns,
+            user=self.user.name,
+            smtputf8=envelope.smtputf8,
+            max_attachment_size=limits.max_attachment_size,
+        )
+        # A pure-Python parse holds the GIL, but in a thread it yields it to the event loop
+        # at every switch interval: other sessions wait milliseconds, not the whole check.
+        problem = await trio.to_thread.run_sync(
+            check_message, message, rules, limiter=self.gateway.checks
+        )
+        if problem is not None:
+            self.gateway.rejected += 1
+            log.info(
+                "message.rejected",
+                code=problem.code,
+                enhanced=problem.enhanced,
+                reason=problem.text,
+                sender=envelope.mail_from,
+                size=len(message),
+            )
+            return problem
         submission = Submission(
             user=self.user.name,
             client=self.client,
@@ -366,9 +393,19 @@ class Session:
             msg_id=digest.msg_id(),
             queue_id=digest.queue_id(),
         )
+        trace = trace_headers(
+            message,
+            hostname=self._hostname,
+            helo=self.conn.helo_name or "unknown",
+            client_ip=self.client_host,
+            tls=isinstance(self.stream, trio.SSLStream),
+            smtputf8=envelope.smtputf8,
+            queue_id=submission.queue_id,
+            rcpt_to=envelope.rcpt_to,
+        )
         started = trio.current_time()
         try:
-            ack = await self.gateway.upstream.publish(submission, message)
+            ack = await self.gateway.upstream.publish(submission, trace + message)
         except MessageTooLarge as exc:
             self.gateway.rejected += 1
             log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))

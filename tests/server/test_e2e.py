@@ -48,7 +48,17 @@ def client_of(running: Running) -> NatsClient:
 
 
 async def stored(running: Running, seq: int) -> bytes:
-    return (await direct_get(client_of(running), seq)).payload  # type: ignore[no-any-return]
+    """The message as stored, less what the gateway prepends (checked here)."""
+    payload: bytes = (await direct_get(client_of(running), seq)).payload
+    assert payload.startswith(b"Received: from ")
+    received_end = payload.index(b"\r\n", payload.index(b"\r\n\t") + 3)
+    while payload[received_end + 2 : received_end + 3] == b"\t":  # folded lines of Received
+        received_end = payload.index(b"\r\n", received_end + 2)
+    rest = payload[received_end + 2 :]
+    for added in (b"Date: ", b"Message-ID: <"):  # the test messages have neither
+        assert rest.startswith(added), rest[:80]
+        rest = rest[rest.index(b"\r\n") + 2 :]
+    return rest
 
 
 def send_with_smtplib(mode: TlsMode, port: int, ca: trustme.CA, message: bytes) -> Any:
@@ -262,3 +272,52 @@ def test_make_run_style_configuration_checks(tmp_path: Path) -> None:
     assert any(line.startswith("listener[0].address: ") for line in lines)
     assert any(line.startswith("listener[0].tls: ") for line in lines)
     assert "Traceback" not in done.stderr
+
+
+REJECTED_OVER_THE_WIRE = {
+    "no From": (b"To: bob@example.net\r\nSubject: x\r\n\r\nbody\r\n", 550, "5.6.0"),
+    "From not hers": (b"From: mallory@example.com\r\n\r\nbody\r\n", 550, "5.7.1"),
+    "8-bit header": (
+        "From: alice@example.com\r\nSubject: Grüße\r\n\r\nx\r\n".encode(),
+        550,
+        "5.6.0",
+    ),
+    "unclosed multipart": (
+        b'From: alice@example.com\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n",
+        550,
+        "5.6.0",
+    ),
+    "attachment over 4 MiB": (
+        b'From: alice@example.com\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="big.bin"\r\n\r\n'
+        + b"".join(b"AAAA" * 19 + b"\r\n" for _ in range((4 * 1024 * 1024) // 57 + 1))
+        + b"--B--\r\n",
+        552,
+        "5.3.4",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "enhanced"),
+    REJECTED_OVER_THE_WIRE.values(),
+    ids=REJECTED_OVER_THE_WIRE.keys(),
+)
+async def test_policy_rejections_over_the_wire_store_nothing(
+    running: Running, tcp: Tcp, message: bytes, code: int, enhanced: str
+) -> None:
+    client = await tcp(running.port(TlsMode.NONE))
+    await client.reply()
+    await client.command(b"EHLO c")
+    await client.command(plain_auth("alice", PASSWORD))
+    before = (await stream_info(client_of(running)))["state"]["messages"]
+    assert (await client.command(b"MAIL FROM:<alice@example.com>")).code == 250
+    assert (await client.command(b"RCPT TO:<bob@example.net>")).code == 250
+    assert (await client.command(b"DATA")).code == 354
+    reply = await client.command(dot_stuffed(message) + b".")
+    assert (reply.code, reply.enhanced) == (code, enhanced), reply.text
+    assert reply.text.split(" ", 1)[1].startswith(("Message rejected:", "Error: attachment"))
+    assert (await stream_info(client_of(running)))["state"]["messages"] == before
+    assert (await client.command(b"NOOP")).code == 250  # and the session goes on

@@ -1,0 +1,8 @@
+"""Checks on a complete message, and the headers a submission server adds."""
+
+from __future__ import annotations
+
+from .policy import Rules, check
+from .trace import trace_headers
+
+__all__ = ["Rules", "check", "trace_headers"]

@@ -1,0 +1,55 @@
+"""What a submission server adds (RFC 6409 §8): Received always, Date and Message-ID when the
+message has none."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import secrets
+from email.utils import format_datetime
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")  # anything not printable ASCII, space included
+_COMMENT_UNSAFE = re.compile(r"[()\\]")
+MAX_TOKEN = 255  # characters of a client-supplied name kept in a trace header
+
+
+def _token(text: str) -> str:
+    """A client-supplied name made safe for a header: it can never break the header."""
+    return _COMMENT_UNSAFE.sub("?", _UNSAFE.sub("?", text))[:MAX_TOKEN] or "unknown"
+
+
+def _has_field(header: bytes, name: bytes) -> bool:
+    lowered = b"\r\n" + header.lower()
+    return b"\r\n" + name.lower() + b":" in lowered
+
+
+def trace_headers(
+    message: bytes,
+    *,
+    hostname: str,
+    helo: str,
+    client_ip: str,
+    tls: bool,
+    smtputf8: bool,
+    queue_id: str,
+    rcpt_to: tuple[str, ...],
+    now: datetime.datetime | None = None,
+) -> bytes:
+    """The header lines to put before `message`."""
+    when = format_datetime(now or datetime.datetime.now(datetime.UTC))
+    # RFC 3848: ESMTPA/ESMTPSA say the client authenticated (and with TLS); RFC 6531 the UTF8
+    # forms under SMTPUTF8.
+    protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") + ("SA" if tls else "A")
+    recipient = f"\r\n\tfor <{_token(rcpt_to[0])}>" if len(rcpt_to) == 1 else ""
+    lines = [
+        f"Received: from {_token(helo)} ([{_token(client_ip)}])\r\n"
+        f"\tby {hostname} (smtp-gateway) with {protocol} id {queue_id}{recipient};\r\n"
+        f"\t{when}\r\n"
+    ]
+    end = message.find(b"\r\n\r\n")
+    header = message if end < 0 else message[: end + 2]
+    if not _has_field(header, b"Date"):
+        lines.append(f"Date: {when}\r\n")
+    if not _has_field(header, b"Message-ID"):
+        lines.append(f"Message-ID: <{queue_id}.{secrets.token_hex(6)}@{hostname}>\r\n")
+    return "".join(lines).encode("utf-8")

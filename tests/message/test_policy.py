@@ -1,0 +1,288 @@
+"""The message policy on a corpus of good and bad messages."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+
+import pytest
+
+from gateway.message import Rules, check, trace_headers
+
+OWNED = {"alice@example.com"}
+RULES = Rules(owns=lambda a: a.lower() in OWNED, user="alice")
+UTF8 = Rules(owns=RULES.owns, user="alice", smtputf8=True)
+MiB = 1024 * 1024
+
+
+def b64_lines(data: bytes) -> bytes:
+    text = base64.b64encode(data)
+    return b"".join(text[i : i + 76] + b"\r\n" for i in range(0, len(text), 76))
+
+
+def mail(headers: bytes, body: bytes = b"Hello.\r\n") -> bytes:
+    return headers + b"\r\n" + body
+
+
+PLAIN = mail(b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: hi\r\n")
+
+
+def multipart(*parts: bytes, kind: bytes = b"mixed", boundary: bytes = b"XYZ") -> bytes:
+    body = b"".join(b"--" + boundary + b"\r\n" + p for p in parts) + b"--" + boundary + b"--\r\n"
+    return mail(
+        b"From: alice@example.com\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/" + kind + b'; boundary="' + boundary + b'"\r\n',
+        body,
+    )
+
+
+def attachment(size: int, name: bytes = b"data.bin") -> bytes:
+    return (
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="'
+        + name
+        + b'"\r\n\r\n'
+        + b64_lines(b"\x00" * size)
+    )
+
+
+TEXT = b"Content-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
+HTML = b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>Hello.</p>\r\n"
+QP = (
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n" + b"caf=C3=A9 " * 20 + b"=\r\nsoft break\r\n"
+)
+
+GOOD = {
+    "plain": PLAIN,
+    "alternative": multipart(TEXT, HTML, kind=b"alternative"),
+    "attachment": multipart(TEXT, attachment(100_000)),
+    "inline image": multipart(
+        TEXT,
+        b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: inline\r\nContent-ID: <img1>\r\n\r\n" + b64_lines(b"\x89PNG" * 50),
+        kind=b"related",
+    ),
+    "nested rfc822": multipart(
+        TEXT, b"Content-Type: message/rfc822\r\n\r\n" + PLAIN.replace(b"alice@", b"carol@")
+    ),
+    "quoted-printable": multipart(QP),
+    "long encoded lines": mail(
+        b"From: alice@example.com\r\nSubject: =?utf-8?q?"
+        + b"a" * 60
+        + b"?=\r\n\t=?utf-8?q?"
+        + b"b" * 60
+        + b"?=\r\n"
+    ),
+    "encoded-word subject": mail(
+        b"From: =?utf-8?q?Al=C3=AFce?= <alice@example.com>\r\nSubject: =?utf-8?b?w6lsw6k=?=\r\n"
+    ),
+    "attachment of exactly 4 MiB": multipart(TEXT, attachment(4 * MiB)),
+    "nested multiparts": multipart(
+        b'Content-Type: multipart/alternative; boundary="inner"\r\n\r\n'
+        b"--inner\r\n" + TEXT + b"--inner\r\n" + HTML + b"--inner--\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("message", GOOD.values(), ids=GOOD.keys())
+def test_good_messages_pass(message: bytes) -> None:
+    assert check(message, RULES) is None
+
+
+def test_utf8_headers_pass_under_smtputf8() -> None:
+    message = "From: Ålice <alice@example.com>\r\nSubject: Grüße\r\n\r\nHi.\r\n".encode()
+    assert check(message, UTF8) is None
+
+
+def nested(depth: int) -> bytes:
+    inner = TEXT
+    for level in range(depth):
+        b = b"b%d" % level
+        inner = (
+            b'Content-Type: multipart/mixed; boundary="'
+            + b
+            + b'"\r\n\r\n--'
+            + b
+            + b"\r\n"
+            + inner
+            + b"--"
+            + b
+            + b"--\r\n"
+        )
+    return mail(
+        b"From: alice@example.com\r\nMIME-Version: 1.0\r\n"
+        + inner.split(b"\r\n\r\n", 1)[0]
+        + b"\r\n",
+        inner.split(b"\r\n\r\n", 1)[1],
+    )
+
+
+BAD = {
+    "missing From": (mail(b"To: bob@example.net\r\nSubject: x\r\n"), 550, "5.6.0", "no From"),
+    "two From": (
+        mail(b"From: alice@example.com\r\nFrom: alice@example.com\r\n"),
+        550,
+        "5.6.0",
+        "2 From headers",
+    ),
+    "two Subject": (
+        mail(b"From: alice@example.com\r\nSubject: a\r\nSubject: b\r\n"),
+        550,
+        "5.6.0",
+        "2 Subject headers",
+    ),
+    "header line with no colon": (
+        b"From: alice@example.com\r\nThis line has no colon\r\nSubject: x\r\n\r\nbody\r\n",
+        550,
+        "5.6.0",
+        "no colon",
+    ),
+    "unclosed multipart": (
+        mail(
+            b'From: alice@example.com\r\nContent-Type: multipart/mixed; boundary="B"\r\n',
+            b"--B\r\n" + TEXT,
+        ),
+        550,
+        "5.6.0",
+        "never closed",
+    ),
+    "missing boundary": (
+        mail(b"From: alice@example.com\r\nContent-Type: multipart/mixed\r\n", b"x\r\n"),
+        550,
+        "5.6.0",
+        "no boundary",
+    ),
+    "bad base64": (
+        multipart(
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"!!!!not*base64$$$$\r\n"
+        ),
+        550,
+        "5.6.0",
+        "base64",
+    ),
+    "attachment of 4 MiB + 1": (
+        multipart(TEXT, attachment(4 * MiB + 1, b"big.bin")),
+        552,
+        "5.3.4",
+        "big.bin",
+    ),
+    "nesting past the limit": (nested(34), 550, "5.6.0", "nested more than 32"),
+    "8-bit header without SMTPUTF8": (
+        "From: alice@example.com\r\nSubject: Grüße\r\n\r\nHi.\r\n".encode(),
+        550,
+        "5.6.0",
+        "8-bit characters in the header",
+    ),
+    "unknown encoding": (
+        multipart(
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nx\r\n"
+        ),
+        550,
+        "5.6.0",
+        "unknown Content-Transfer-Encoding",
+    ),
+    "From not the user's": (
+        mail(b"From: mallory@example.com\r\n"),
+        550,
+        "5.7.1",
+        "not permitted for user alice",
+    ),
+    "Sender not the user's": (
+        mail(b"From: alice@example.com\r\nSender: mallory@example.com\r\n"),
+        550,
+        "5.7.1",
+        "not permitted",
+    ),
+    "From with a second, foreign address": (
+        mail(b"From: alice@example.com, mallory@example.com\r\nSender: alice@example.com\r\n"),
+        550,
+        "5.7.1",
+        "not permitted",
+    ),
+    "From that does not parse": (mail(b"From: <<<>>>\r\n"), 550, "5.6.0", "From header"),
+    "NUL": (mail(b"From: alice@example.com\r\n", b"a\x00b\r\n"), 550, "5.6.0", "NUL"),
+}
+
+
+@pytest.mark.parametrize(("message", "code", "enhanced", "reason"), BAD.values(), ids=BAD.keys())
+def test_bad_messages_are_refused_with_a_reason(
+    message: bytes, code: int, enhanced: str, reason: str
+) -> None:
+    reply = check(message, RULES)
+    assert reply is not None
+    assert (reply.code, reply.enhanced) == (code, enhanced)
+    assert reason in reply.text
+
+
+def test_nesting_at_the_limit_passes() -> None:
+    assert check(nested(31), RULES) is None
+
+
+NOW = datetime.datetime(2026, 11, 29, 12, 0, tzinfo=datetime.UTC)
+
+
+def test_trace_headers() -> None:
+    added = trace_headers(
+        PLAIN,
+        hostname="mx.test",
+        helo="client.example",
+        client_ip="192.0.2.7",
+        tls=True,
+        smtputf8=False,
+        queue_id="QID",
+        rcpt_to=("bob@example.net",),
+        now=NOW,
+    ).decode()
+    assert added.startswith(
+        "Received: from client.example ([192.0.2.7])\r\n"
+        "\tby mx.test (smtp-gateway) with ESMTPSA id QID\r\n\tfor <bob@example.net>;\r\n"
+        "\tSun, 29 Nov 2026 12:00:00 +0000\r\n"
+    )
+    assert "\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\n" in added
+    assert "\r\nMessage-ID: <QID." in added
+    assert added.endswith("@mx.test>\r\n")
+
+
+def test_trace_keeps_existing_date_and_message_id_and_names_no_recipient_of_many() -> None:
+    message = mail(
+        b"From: alice@example.com\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nmessage-id: <x@y>\r\n"
+    )
+    added = trace_headers(
+        message,
+        hostname="mx.test",
+        helo="c",
+        client_ip="192.0.2.7",
+        tls=False,
+        smtputf8=True,
+        queue_id="Q",
+        rcpt_to=("a@x", "b@y"),
+        now=NOW,
+    ).decode()
+    assert "with UTF8SMTPA id Q;" in added
+    assert "Date:" not in added
+    assert "Message-ID:" not in added
+    assert "for <" not in added
+
+
+def test_a_hostile_helo_cannot_break_the_header() -> None:
+    added = trace_headers(
+        PLAIN,
+        hostname="mx.test",
+        helo="evil\rInjected: yes (x)",
+        client_ip="::1",
+        tls=False,
+        smtputf8=False,
+        queue_id="Q",
+        rcpt_to=(),
+        now=NOW,
+    )
+    assert b"\rInjected" not in added
+    assert added.count(b"\r") == added.count(b"\r\n")
+    assert b"from evil?Injected:?yes??x? ([::1])" in added
+
+
+def test_utf8_address_owned_under_smtputf8() -> None:
+    rules = Rules(owns=lambda a: a == "ålice@exämple.com", user="ålice", smtputf8=True)
+    assert check("From: ålice@exämple.com\r\n\r\nHi.\r\n".encode(), rules) is None
