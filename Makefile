@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_upstream.py
 	$(BIN)/python bench/bench_e2e.py
+	$(BIN)/python bench/bench_message.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 from functools import partial
 
 import attrs
@@ -17,6 +18,8 @@ from ..upstream.embedded import embedded_max_payload
 from .session import Gateway
 
 log = structlog.get_logger()
+
+GIL_SWITCH_INTERVAL = 0.002  # seconds
 
 
 @attrs.frozen
@@ -56,6 +59,9 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until cancelled."""
+    # Message checks run Python code in worker threads; the event loop gets the GIL back
+    # after at most this long (CPython's default is 5 ms).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     settings = stream_settings(config)
     if authenticator is None:
         authenticator = Authenticator(UserStore.load(config.users.file))

@@ -148,11 +148,16 @@ class _Connection:
                 frame: list[bytes] = []
                 size = 0
                 for piece in batch:
-                    if frame and size + len(piece) > COALESCE_LIMIT:
-                        await self.ws.send_message(b"".join(frame))
-                        frame, size = [], 0
-                    frame.append(piece)
-                    size += len(piece)
+                    # Frames of at most COALESCE_LIMIT: wsproto masks each frame in one call
+                    # on the event loop (52 ms for 8 MiB here); NATS reads the frames' bytes
+                    # as one stream, so an operation may span frames.
+                    for start in range(0, len(piece), COALESCE_LIMIT) if piece else (0,):
+                        part = piece[start : start + COALESCE_LIMIT]
+                        if frame and size + len(part) > COALESCE_LIMIT:
+                            await self.ws.send_message(b"".join(frame))
+                            frame, size = [], 0
+                        frame.append(part)
+                        size += len(part)
                 if frame:
                     await self.ws.send_message(b"".join(frame))
 
