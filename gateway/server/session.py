@@ -163,6 +163,9 @@ class Session:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close_reason = "connection lost"
+        except trio.TooSlowError:
+            self.close_reason = "client stopped reading replies"
+            log.info("session.timeout", during="reply")
         except Exception:
             self.close_reason = "internal error"
             log.exception("session.error")

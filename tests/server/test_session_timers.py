@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from .harness import Client, MemoryQueue, connect, make_gateway, plain_auth
+from .harness import PLAIN, Client, MemoryQueue, connect, make_gateway, plain_auth
 
 IDLE = 30
 
@@ -233,3 +233,21 @@ async def test_a_crash_inside_a_session_is_a_421_and_never_escapes(
     assert gateway.open_connections == 0
     again = await connect(nursery, gateway)  # and the gateway goes on serving
     assert (await again.reply()).code == 220
+
+
+async def test_a_client_that_stops_reading_is_cut_off_too(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    gateway = make_gateway()
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()  # no buffering at all
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 1
+    # We never read the greeting: the reply cannot be written, and the idle rule ends it.
+    await trio.sleep(IDLE - 1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 1
+    await trio.sleep(1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 0
+    await client_stream.aclose()
