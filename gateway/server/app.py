@@ -12,9 +12,11 @@ import trio
 
 from ..auth import Authenticator, UserStore
 from ..config import Config, Listener
+from ..proxy_protocol import Header
 from ..smtp import TlsMode
 from ..upstream import StreamSettings, Upstream, run_embedded_nats
 from ..upstream.embedded import embedded_max_payload
+from .proxied import PrefixedStream, read_header, trusted
 from .session import Gateway
 
 log = structlog.get_logger()
@@ -99,12 +101,39 @@ async def serve(
         task_status.started(Running(gateway, tuple(addresses)))
 
 
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def _accept(gateway: Gateway, listener: Listener, stream: trio.SocketStream) -> None:
     try:
         peer = stream.socket.getpeername()
         host, port = peer[0], peer[1]
-        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     except OSError:
         await trio.aclose_forcefully(stream)
         return
-    await gateway.handle(stream, listener, client)
+    if not listener.proxy_protocol:
+        await gateway.handle(stream, listener, _format(host, port))
+        return
+    if not trusted(listener, host):
+        log.warning("proxy.untrusted", peer=_format(host, port), listener=listener.address)
+        await trio.aclose_forcefully(stream)
+        return
+    result: tuple[Header, bytes] | str = "no PROXY header in time"
+    with trio.move_on_after(gateway.config.limits.proxy_timeout):
+        try:
+            result = await read_header(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            result = "connection lost"
+    if isinstance(result, str):
+        # A balancer's health check connects and closes: that is not worth a log line.
+        level = log.debug if result == "closed without a byte" else log.warning
+        level("proxy.refused", peer=_format(host, port), reason=result)
+        await trio.aclose_forcefully(stream)
+        return
+    header, rest = result
+    proxied = PrefixedStream(stream, rest)
+    if header.client is None:  # LOCAL: the balancer's own connection, served as such
+        await gateway.handle(proxied, listener, _format(host, port), quiet=True)
+    else:
+        await gateway.handle(proxied, listener, _format(*header.client))

@@ -108,7 +108,9 @@ class Gateway:
             max_recipients=limits.max_recipients,
         )
 
-    async def handle(self, stream: trio.abc.Stream, listener: Listener, client: str) -> None:
+    async def handle(
+        self, stream: trio.abc.Stream, listener: Listener, client: str, *, quiet: bool = False
+    ) -> None:
         """Serve one accepted connection; never raises (it would end the listener)."""
         self.open_connections += 1
         try:
@@ -117,7 +119,7 @@ class Gateway:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await stream.send_all(replies.too_many_connections(self.config.hostname).wire)
                 return
-            await Session(self, listener, stream, client).run()
+            await Session(self, listener, stream, client, quiet=quiet).run()
         except Exception:
             log.exception("session.crash", client=client)  # Session.run catches; belt and braces
         finally:
@@ -133,6 +135,7 @@ class Session:
     stream: trio.abc.Stream
     client: str  # address:port
     conn: ServerConnection = attrs.field(init=False)
+    quiet: bool = False  # the balancer's own connection: open and close logged at debug
     conn_id: str = attrs.field(factory=lambda: f"c{next(_ids)}")
     user: User | None = None
     close_reason: str = "closed"
@@ -158,7 +161,8 @@ class Session:
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(conn_id=self.conn_id, client=self.client)
         started = trio.current_time()
-        log.info("session.open", listener=self.listener.address, tls=self.listener.tls.value)
+        summary = log.debug if self.quiet else log.info
+        summary("session.open", listener=self.listener.address, tls=self.listener.tls.value)
         try:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -179,7 +183,7 @@ class Session:
                         pass
         finally:
             self._release_slot()
-            log.info(
+            summary(
                 "session.close",
                 reason=self.close_reason,
                 duration=round(trio.current_time() - started, 3),
