@@ -86,9 +86,10 @@ async def _run_until_signalled(config: Config) -> None:
 
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await nursery.start(serve, config)
+            running = await nursery.start(serve, config)
             async for signum in signals:
                 structlog.get_logger().info("gateway.stopping", signal=signal.Signals(signum).name)
+                await running.drain()
                 nursery.cancel_scope.cancel()
                 break
 

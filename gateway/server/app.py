@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import sys
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -12,6 +13,7 @@ import trio
 
 from ..auth import Authenticator, UserStore
 from ..config import Config, Listener
+from ..http import serve_http
 from ..proxy_protocol import Header
 from ..smtp import TlsMode
 from ..upstream import StreamSettings, Upstream, run_embedded_nats
@@ -30,9 +32,27 @@ class Running:
 
     gateway: Gateway
     addresses: tuple[tuple[Listener, str, int], ...]  # listener, bound host, bound port
+    http_port: int
+    _listeners: tuple[trio.CancelScope, ...]
 
     def port(self, tls: TlsMode) -> int:
         return next(port for listener, _, port in self.addresses if listener.tls is tls)
+
+    async def drain(self) -> None:
+        """Stop taking connections and let transactions in flight finish, within
+        drain_timeout; then return (the caller cancels the rest)."""
+        gateway = self.gateway
+        log.info("gateway.draining", open_connections=gateway.open_connections)
+        gateway.start_draining()
+        for scope in self._listeners:
+            scope.cancel()
+        with trio.move_on_after(gateway.config.limits.drain_timeout) as scope:
+            await gateway.wait_all_closed()
+        log.info(
+            "gateway.drained",
+            complete=not scope.cancelled_caught,
+            open_connections=gateway.open_connections,
+        )
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -82,6 +102,9 @@ async def serve(
         upstream = Upstream.create(url, settings, config.upstream.ack_timeout)
         await nursery.start(upstream.client.run)
         gateway = Gateway.create(config, authenticator, upstream, context)
+        # Sessions live in their own nursery: closing the listeners must not end them.
+        sessions = await nursery.start(_sessions_nursery)
+        listeners: list[trio.CancelScope] = []
         addresses = []
         for listener in config.listeners:
             sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
@@ -94,11 +117,52 @@ async def serve(
                     tls=listener.tls.value,
                     plaintext_auth=listener.allow_plaintext_auth,
                 )
-            nursery.start_soon(
-                partial(trio.serve_listeners, partial(_accept, gateway, listener), sockets)
-            )
+            listeners.append(trio.CancelScope())
+            nursery.start_soon(_listen, listeners[-1], gateway, listener, sockets, sessions)
+        http_port = await nursery.start(serve_http, config.http.address, _routes(gateway))
         log.info("gateway.ready", hostname=config.hostname, users=len(authenticator.store.users))
-        task_status.started(Running(gateway, tuple(addresses)))
+        task_status.started(Running(gateway, tuple(addresses), http_port, tuple(listeners)))
+
+
+async def _sessions_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
+
+
+async def _listen(
+    scope: trio.CancelScope,
+    gateway: Gateway,
+    listener: Listener,
+    sockets: list[trio.SocketListener],
+    sessions: trio.Nursery,
+) -> None:
+    with scope:
+        await trio.serve_listeners(
+            partial(_accept, gateway, listener), sockets, handler_nursery=sessions
+        )
+    for sock in sockets:
+        await sock.aclose()
+    log.info("listener.closed", listener=listener.address)
+
+
+def _routes(gateway: Gateway) -> dict[str, Callable[[], tuple[int, str]]]:
+    def healthz() -> tuple[int, str]:
+        return 200, "ok\n"
+
+    def readyz() -> tuple[int, str]:
+        if gateway.draining:
+            return 503, "draining\n"
+        if not gateway.upstream.available:
+            return 503, "upstream unavailable\n"
+        return 200, "ready\n"
+
+    def metrics() -> tuple[int, str]:
+        gateway.metrics.set("upstream_connected", int(gateway.upstream.available))
+        gateway.metrics.set("draining", int(gateway.draining))
+        return 200, gateway.metrics.render()
+
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
 def _format(host: str, port: int) -> str:

@@ -19,6 +19,7 @@ from ..auth import Authenticator, User
 from ..config import Config, Listener
 from ..message import Rules, new_parser, trace_headers
 from ..message import check as check_message
+from ..metrics import Metrics
 from ..smtp import (
     NEED_DATA,
     AuthChallenge,
@@ -29,6 +30,7 @@ from ..smtp import (
     DataStart,
     MailFrom,
     MessageComplete,
+    Phase,
     Rejected,
     Reply,
     ServerConnection,
@@ -77,8 +79,22 @@ class Gateway:
     # Message checks are CPU work in threads: at most one per core at a time.
     checks: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
     open_connections: int = 0
-    accepted: int = 0
-    rejected: int = 0
+    metrics: Metrics = attrs.field(factory=Metrics)
+    draining: bool = False
+    # Cancel scopes of sessions waiting for a command outside a transaction: a drain ends them.
+    idle_waits: set[trio.CancelScope] = attrs.field(factory=set)
+    _connection_closed: trio.Event = attrs.field(factory=trio.Event)
+
+    def start_draining(self) -> None:
+        """Refuse new work: idle sessions are told 421 4.3.2; transactions may finish."""
+        self.draining = True
+        self.metrics.set("draining", 1)
+        for scope in list(self.idle_waits):
+            scope.cancel()
+
+    async def wait_all_closed(self) -> None:
+        while self.open_connections:
+            await self._connection_closed.wait()
 
     @classmethod
     def create(
@@ -113,9 +129,12 @@ class Gateway:
     ) -> None:
         """Serve one accepted connection; never raises (it would end the listener)."""
         self.open_connections += 1
+        self.metrics.inc("connections_total", listener=listener.address)
+        self.metrics.inc("connections_open", listener=listener.address)
         try:
             if self.open_connections > self.config.limits.max_connections:
                 log.warning("limit.node_connections", client=client)
+                self.metrics.inc("limit_hits_total", limit="node_connections")
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await stream.send_all(replies.too_many_connections(self.config.hostname).wire)
                 return
@@ -124,6 +143,9 @@ class Gateway:
             log.exception("session.crash", client=client)  # Session.run catches; belt and braces
         finally:
             self.open_connections -= 1
+            self._connection_closed.set()
+            self._connection_closed = trio.Event()
+            self.metrics.inc("connections_open", -1, listener=listener.address)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -170,6 +192,7 @@ class Session:
         except trio.TooSlowError:
             self.close_reason = "client stopped reading replies"
             log.info("session.timeout", during="reply")
+            self.gateway.metrics.inc("timeouts_total", phase="reply")
         except Exception:
             self.close_reason = "internal error"
             log.exception("session.error")
@@ -183,6 +206,8 @@ class Session:
                         pass
         finally:
             self._release_slot()
+            self.gateway.metrics.inc("bytes_received_total", self.bytes_in)
+            self.gateway.metrics.inc("bytes_sent_total", self.bytes_out)
             summary(
                 "session.close",
                 reason=self.close_reason,
@@ -210,12 +235,27 @@ class Session:
                 await self._flush()
                 in_data = conn.state is State.DATA
                 deadline = self._data_deadline if in_data else self._idle_deadline
+                idle = not in_data and conn.phase is Phase.IDLE
                 data = None
-                with trio.move_on_at(deadline):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not (idle and self.gateway.draining):
+                    with trio.move_on_at(deadline) as wait:
+                        if idle:
+                            self.gateway.idle_waits.add(wait)
+                        try:
+                            data = await self.stream.receive_some(RECEIVE_SIZE)
+                        finally:
+                            self.gateway.idle_waits.discard(wait)
+                if data is None and idle and self.gateway.draining:
+                    self.close_reason = "shutting down"
+                    self._queue(conn.send(replies.shutting_down(self._hostname)))
+                    await self._flush()
+                    return
                 if data is None:
                     self.close_reason = "DATA timeout" if in_data else "idle timeout"
                     log.info("session.timeout", during="DATA" if in_data else "command")
+                    self.gateway.metrics.inc(
+                        "timeouts_total", phase="DATA" if in_data else "command"
+                    )
                     self._queue(conn.send(replies.timeout(self._hostname)))
                     await self._flush()
                     return
@@ -277,6 +317,7 @@ class Session:
         if scope.cancelled_caught:
             self.close_reason = "TLS handshake timeout"
             log.info("session.timeout", during="TLS handshake")
+            self.gateway.metrics.inc("timeouts_total", phase="TLS handshake")
             return False
         self.stream = tls
         log.debug("session.tls", version=tls.version(), cipher=(tls.cipher() or ("",))[0])
@@ -293,6 +334,7 @@ class Session:
         if starts_auth:
             if self.gateway.failures.blocked(self.client_host):
                 log.warning("limit.auth_failures_per_address", address=self.client_host)
+                self.gateway.metrics.inc("limit_hits_total", limit="auth_failures_per_address")
                 return replies.AUTH_TEMPORARY_FAILURE
             if conn.auth_failures:
                 await self._flush()  # earlier pipelined replies are not held back
@@ -321,15 +363,23 @@ class Session:
         user = await self.gateway.authenticator.verify(event.username, event.password)
         if user is None:
             log.info("auth.failure", mechanism=event.mechanism, username=event.username)
+            self.gateway.metrics.inc("auth_total", result="failure")
             return replies.AUTH_INVALID
         if not self.gateway.slots.acquire(user.name):
             log.warning("limit.user_connections", user=user.name)
+            self.gateway.metrics.inc("limit_hits_total", limit="user_connections")
             self.close_reason = "too many connections for this user"
             return replies.too_many_user_connections(self._hostname)
         self.user = user
         structlog.contextvars.bind_contextvars(user=user.name)
         log.info("auth.success", mechanism=event.mechanism)
+        self.gateway.metrics.inc("auth_total", result="success")
         return replies.AUTH_OK
+
+    def _count_rejection(self, reply: Reply) -> None:
+        self.gateway.metrics.inc(
+            "messages_total", outcome="rejected", reply=f"{reply.code} {reply.enhanced}"
+        )
 
     def _release_slot(self) -> None:
         if self.user is not None:
@@ -340,6 +390,7 @@ class Session:
         assert self.user is not None
         if not self.gateway.upstream.available:
             log.info("message.deferred", reason="upstream unavailable", at="MAIL")
+            self.gateway.metrics.inc("messages_total", outcome="deferred", reply="451 4.3.0")
             return replies.QUEUE_UNAVAILABLE
         if self.user.owns(event.address):
             return replies.SENDER_OK
@@ -365,7 +416,7 @@ class Session:
         parser, self._parser = self._parser, None
         envelope = event.envelope
         if event.reply is not None:
-            self.gateway.rejected += 1
+            self._count_rejection(event.reply)
             log.info(
                 "message.rejected",
                 code=event.reply.code,
@@ -390,7 +441,7 @@ class Session:
             check_message, message, rules, parser, limiter=self.gateway.checks
         )
         if problem is not None:
-            self.gateway.rejected += 1
+            self._count_rejection(problem)
             log.info(
                 "message.rejected",
                 code=problem.code,
@@ -422,14 +473,16 @@ class Session:
         try:
             ack = await self.gateway.upstream.publish(submission, trace + message)
         except MessageTooLarge as exc:
-            self.gateway.rejected += 1
+            self.gateway.metrics.inc("messages_total", outcome="rejected", reply="552 5.3.4")
             log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))
             return replies.message_too_big(self.gateway.config.limits.max_message_size)
         except UpstreamError as exc:
             log.warning("message.deferred", reason=str(exc), queue_id=submission.queue_id)
+            self.gateway.metrics.inc("messages_total", outcome="deferred", reply="451 4.3.0")
             return replies.QUEUE_UNAVAILABLE
         self.messages += 1
-        self.gateway.accepted += 1
+        self.gateway.metrics.inc("messages_total", outcome="accepted", reply="250 2.0.0")
+        self.gateway.metrics.observe_latency(trio.current_time() - started)
         log.info(
             "message.accepted",
             queue_id=submission.queue_id,

@@ -48,6 +48,7 @@ def gateway_config(directory: Path, ca: trustme.CA, **overrides: Any) -> dict[st
         ],
         "tls": write_tls(ca, directory),
         "users": {"file": "users.toml"},
+        "http": {"address": "127.0.0.1:0"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(document.get(key), dict):
