@@ -85,9 +85,12 @@ async def _run_until_signalled(config: Config) -> None:
     from .server.app import serve
 
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             running = await nursery.start(serve, config)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    running.reload()
+                    continue
                 structlog.get_logger().info("gateway.stopping", signal=signal.Signals(signum).name)
                 await running.drain()
                 nursery.cancel_scope.cancel()

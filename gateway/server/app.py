@@ -11,7 +11,7 @@ import attrs
 import structlog
 import trio
 
-from ..auth import Authenticator, UserStore
+from ..auth import Authenticator, UsersFileError, UserStore
 from ..config import Config, Listener
 from ..http import serve_http
 from ..proxy_protocol import Header
@@ -37,6 +37,28 @@ class Running:
 
     def port(self, tls: TlsMode) -> int:
         return next(port for listener, _, port in self.addresses if listener.tls is tls)
+
+    def reload(self) -> None:
+        """SIGHUP: read the users file and the TLS certificate again. Connections are not
+        touched; new AUTHs and handshakes use the new ones. A file that does not load leaves
+        the old one in place, said in the log."""
+        gateway = self.gateway
+        config = gateway.config
+        try:
+            store = UserStore.load(config.users.file)
+        except UsersFileError as exc:
+            log.error("reload.users_failed", reason=str(exc))
+        else:
+            gateway.authenticator.store = store
+            log.info("reload.users", users=len(store.users))
+        context = gateway.ssl_context
+        if context is not None and config.tls.certificate and config.tls.private_key:
+            try:
+                context.load_cert_chain(config.tls.certificate, config.tls.private_key)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("reload.tls_failed", reason=str(exc))
+            else:
+                log.info("reload.tls", certificate=str(config.tls.certificate))
 
     async def drain(self) -> None:
         """Stop taking connections and let transactions in flight finish, within
