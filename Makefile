@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smtp-gateway needs Python 3.11 or newer, found " + sys.version.split()[0])'
@@ -17,7 +17,21 @@ run: $(STAMP)
 	$(BIN)/python -m gateway.devsetup
 	$(BIN)/smtp-gateway serve
 
-test: lint typecheck unit
+test: tools lint typecheck unit
+
+# Tools the tests drive besides Python: curl (an SMTP client), haproxy and systemd-analyze
+# (checks of deploy/). Installed from Debian when missing and we are root (CI is); otherwise
+# the tests that need them fail and say which package to install.
+DEBIAN_TOOLS := curl:curl haproxy:haproxy systemd-analyze:systemd
+tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing from Debian:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing tools (Debian packages):$$missing; the tests that need them will fail" >&2; fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
