@@ -114,6 +114,8 @@ async def test_mail_flows_through_haproxy_and_a_drained_gateway_fails_nothing(
         stored = await direct_get(nats_client, seq)
         our_port = client.stream.socket.getsockname()[1]  # type: ignore[attr-defined]
         assert stored.header("Gateway-Client") == f"127.0.0.1:{our_port}"
+        logs = (tmp_path / "gw1" / "log").read_text() + (tmp_path / "gw2" / "log").read_text()
+        assert f'"client": "127.0.0.1:{our_port}"' in logs  # the log names the real client
         await client.stream.aclose()
 
         # Transactions in flight on both gateways, one of them 8 MiB; then gw1 goes down.
@@ -132,13 +134,18 @@ async def test_mail_flows_through_haproxy_and_a_drained_gateway_fails_nothing(
             results.append((reply.code, reply.enhanced))
         assert results == [(250, "2.0.0")] * 4, results
         # New connections are served, by the gateway still up.
-        for _ in range(4):
+        for n in range(4):
             client = await login(front)
             await begin(client)
-            assert (await client.command(b"From: alice@example.com\r\n\r\nafter\r\n.")).code == 250
+            reply = await client.command(b"From: alice@example.com\r\n\r\nafter %d\r\n." % n)
+            assert reply.code == 250
             await client.stream.aclose()
         for flight in flights:
             await flight.stream.aclose()
+        # Every 250 is in the stream, the 8 MiB one included: 1 + 4 in flight + 4 after.
+        assert (await stream_info(nats_client))["state"]["messages"] == 9
+        sizes = [len((await direct_get(nats_client, n)).payload) for n in range(2, 6)]
+        assert max(sizes) > len(big)
         with trio.fail_after(40):
             await gw1.wait()
         assert gw1.returncode == 0
