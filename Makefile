@@ -44,10 +44,12 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_upstream.py
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_message.py
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
