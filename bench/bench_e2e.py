@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import machine
 import trio
+from servers import cpu_seconds, free_port, running_process
 
 from gateway.auth import User, UserStore, hash_password
 from gateway.upstream import NatsClient
@@ -29,17 +27,6 @@ from gateway.upstream.tail import embedded_url
 
 PASSWORD = "bench-password"
 BODY = b"Subject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def read_reply(stream: trio.SocketStream, buf: bytearray) -> int:
@@ -78,13 +65,14 @@ async def session(
         await logged_in.send(None)
         await go.wait()
         envelope = f"MAIL FROM:<{user}@bench.example>\r\nRCPT TO:<sink@example.net>\r\n"
+        sender = f"From: {user}@bench.example\r\n".encode()
         for i in range(first, first + count):
             await stream.send_all(envelope.encode() + b"DATA\r\n")
             codes = [await read_reply(stream, buf) for _ in range(3)]
             if codes != [250, 250, 354]:
                 results["failed"] += 1
                 continue
-            await stream.send_all(b"Message-Number: %d\r\n" % i + BODY + b".\r\n")
+            await stream.send_all(sender + b"Message-Number: %d\r\n" % i + BODY + b".\r\n")
             code = await read_reply(stream, buf)
             results["accepted" if code == 250 else "failed"] += 1
         await stream.send_all(b"QUIT\r\n")
@@ -119,26 +107,11 @@ async def main(args: argparse.Namespace) -> None:
             '[log]\nformat = "json"\nlevel = "info"\n'
         )
         command = [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"]
-        gateway = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=directory,
-        )
-        try:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        probe = await trio.open_tcp_stream("127.0.0.1", port)
-                    except OSError:
-                        await trio.sleep(0.05)
-                        continue
-                    await probe.aclose()
-                    break
+        async with running_process(command, directory, port) as gateway_pid:
             results = {"accepted": 0, "failed": 0}
             go = trio.Event()
             logged_in, logins = trio.open_memory_channel[None](len(users))
-            auth_cpu_before = cpu_seconds(gateway.pid)
+            auth_cpu_before = cpu_seconds(gateway_pid)
             async with trio.open_nursery() as nursery:
                 for n, user in enumerate(users):
                     nursery.start_soon(
@@ -153,18 +126,15 @@ async def main(args: argparse.Namespace) -> None:
                     )
                 for _ in users:
                     await logins.receive()
-                cpu_before = cpu_seconds(gateway.pid)
+                cpu_before = cpu_seconds(gateway_pid)
                 auth_cpu = cpu_before - auth_cpu_before
                 own_before = time.process_time()
                 start = time.perf_counter()
                 go.set()
             wall = time.perf_counter() - start
-            gateway_cpu = cpu_seconds(gateway.pid) - cpu_before
+            gateway_cpu = cpu_seconds(gateway_pid) - cpu_before
             own_cpu = time.process_time() - own_before
             stored = await stored_messages(directory / "var")
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=30)
     total = results["accepted"]
     print(
         f"{args.sessions} sessions x {args.messages} messages of {len(BODY)} B, "

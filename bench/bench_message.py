@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import machine
 import trio
-from bench_e2e import PASSWORD, free_port, read_reply
+from bench_e2e import PASSWORD, read_reply
+from servers import free_port, running_process
 
 from gateway.auth import User, UserStore, hash_password
 from gateway.message import Rules, check, new_parser
@@ -103,17 +103,7 @@ async def stall(message: bytes) -> tuple[list[float], list[float], int]:
             'tls = "none"\nallow_plaintext_auth = true\n[log]\nlevel = "warning"\n'
         )
         command = [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"]
-        gateway = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory
-        )
-        try:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
+        async with running_process(command, directory, port):
             idle: list[float] = []
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -126,9 +116,6 @@ async def stall(message: bytes) -> tuple[list[float], list[float], int]:
                 nursery.start_soon(probe, port, stop, loaded)
                 code = await send_big(port, message)
                 stop.set()
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=30)
     return idle, loaded, code
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import machine
 import trio
-from bench_e2e import cpu_seconds, free_port
 from loadgen import Load, Result, run
+from servers import cpu_seconds, free_port, running_process
 
 from gateway.auth import User, UserStore, hash_password
 from gateway.upstream import NatsClient
@@ -61,7 +60,7 @@ async def gateway_server(directory: Path) -> AsyncIterator[tuple[int, int]]:
         "--config",
         "gateway.toml",
     ]
-    async with _process(command, directory, port) as pid:
+    async with running_process(command, directory, port) as pid:
         yield port, pid
 
 
@@ -70,29 +69,8 @@ async def peer_server(directory: Path) -> AsyncIterator[tuple[int, int]]:
     port = free_port()
     peer = Path(__file__).parent / "peer_aiosmtpd.py"
     command = ["taskset", "-c", "0", sys.executable, str(peer), str(port), PASSWORD]
-    async with _process(command, directory, port) as pid:
+    async with running_process(command, directory, port) as pid:
         yield port, pid
-
-
-@asynccontextmanager
-async def _process(command: list[str], directory: Path, port: int) -> AsyncIterator[int]:
-    process = await trio.lowlevel.open_process(
-        command, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        with trio.fail_after(30):
-            while True:
-                try:
-                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                    break
-                except OSError:
-                    await trio.sleep(0.05)
-        yield process.pid
-    finally:
-        process.terminate()
-        with trio.move_on_after(30):
-            await process.wait()
-        process.kill()
 
 
 async def stored(directory: Path) -> int:

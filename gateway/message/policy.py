@@ -168,23 +168,14 @@ def _check_parts(part: Message, rules: Rules, depth: int, top: Message) -> Reply
     encoding = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     if encoding not in KNOWN_ENCODINGS:
         return replies.message_rejected(f"unknown Content-Transfer-Encoding {encoding!r}")
-    if part.is_multipart():
+    if part.is_multipart() or part.get_content_type() == "message/rfc822":
+        # A multipart's parts, or the message inside a message/rfc822 part.
         children = part.get_payload()
-        assert isinstance(children, list)
-        for child in children:
+        for child in children if isinstance(children, list) else ():
             if isinstance(child, Message):
                 problem = _check_parts(child, rules, depth + 1, top)
                 if problem is not None:
                     return problem
-        return None
-    if part.get_content_type() == "message/rfc822":
-        inner = part.get_payload()
-        if isinstance(inner, list):
-            for child in inner:
-                if isinstance(child, Message):
-                    problem = _check_parts(child, rules, depth + 1, top)
-                    if problem is not None:
-                        return problem
         return None
     raw = part.get_payload(decode=False)
     body = raw.encode("ascii", "surrogateescape") if isinstance(raw, str) else b""

@@ -1,0 +1,47 @@
+"""What the benchmarks share: ports, a process's CPU, and servers started in their own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of one process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@asynccontextmanager
+async def running_process(command: list[str], cwd: Path, port: int) -> AsyncIterator[int]:
+    """Run `command` until the block ends; yields its pid once `port` accepts connections."""
+    process = await trio.lowlevel.open_process(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    assert process.returncode is None, f"{command[0]} exited early"
+                    await trio.sleep(0.05)
+        yield process.pid
+    finally:
+        process.terminate()
+        with trio.move_on_after(30):
+            await process.wait()
+        process.kill()
