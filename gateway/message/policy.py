@@ -11,7 +11,9 @@ import binascii
 import email.errors
 import email.feedparser
 import email.policy
+import functools
 import quopri
+from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
@@ -44,6 +46,7 @@ class _LineEndAtTheEnd:
 vars(email.feedparser)["NLCRE_eol"] = _LineEndAtTheEnd()
 
 MAX_NESTING = 32  # multipart levels
+MAX_CACHED_FIELD = 512  # characters of an address field whose parse is remembered
 SINGLE_FIELDS = ("Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Message-ID", "Date")
 KNOWN_ENCODINGS = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64"})
 
@@ -100,13 +103,15 @@ def check(message: bytes, rules: Rules, parser: BytesFeedParser | None = None) -
         reason = _STRUCTURE_DEFECTS.get(type(defect))
         if reason is not None:
             return replies.message_rejected(reason)
-    froms = parsed.get_all("From") or []
-    if len(froms) != 1:
+    # Counted on the raw field names: get_all() would parse every field it returns.
+    counts = Counter(name.lower() for name in parsed)
+    froms = counts["from"]
+    if froms != 1:
         return replies.message_rejected(
-            "no From header" if not froms else f"{len(froms)} From headers (exactly one allowed)"
+            "no From header" if not froms else f"{froms} From headers (exactly one allowed)"
         )
     for name in SINGLE_FIELDS:
-        count = len(parsed.get_all(name) or [])
+        count = counts[name.lower()]
         if count > 1:
             return replies.message_rejected(f"{count} {name} headers (at most one allowed)")
     for name in ("From", "Sender"):
@@ -117,18 +122,19 @@ def check(message: bytes, rules: Rules, parser: BytesFeedParser | None = None) -
 
 
 def _address_problem(msg: EmailMessage, name: str, rules: Rules) -> Reply | None:
-    if name not in msg:
+    raw = next((value for key, value in msg.raw_items() if key.lower() == name.lower()), None)
+    if raw is None:
         return None
-    try:
-        field = msg[name]
-        addresses = field.addresses
-    except (ValueError, TypeError, IndexError, AttributeError):
+    # Only short fields are remembered: the cache's size stays bounded whatever clients send.
+    parse = _address_field if len(raw) <= MAX_CACHED_FIELD else _address_field.__wrapped__
+    parsed = parse(name, raw)
+    if parsed is None:
         return replies.message_rejected(f"the {name} header cannot be parsed")
+    specs, defect_types = parsed
     # Under SMTPUTF8 raw UTF-8 is legal in headers (RFC 6532): the parser, reading bytes as
     # ASCII, marks it; those marks are not defects then.
     tolerated = _UTF8_MARKS if rules.smtputf8 else ()
-    defects = [d for d in field.defects if not isinstance(d, tolerated)]
-    specs = [_unescape(a.addr_spec) for a in addresses]
+    defects = [d for d in defect_types if not issubclass(d, tolerated)]
     if defects or not specs or any(s is None or "@" not in s for s in specs):
         return replies.message_rejected(f"the {name} header is not a valid address")
     if name == "Sender" and len(specs) != 1:
@@ -136,6 +142,25 @@ def _address_problem(msg: EmailMessage, name: str, rules: Rules) -> Reply | None
     if not all(s is not None and rules.owns(s) for s in specs):
         return replies.from_not_permitted(rules.user)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_field(
+    name: str, raw: str
+) -> tuple[tuple[str | None, ...], tuple[type[email.errors.MessageDefect], ...]] | None:
+    """The addresses and defect kinds of one address field, from its raw text.
+
+    The stdlib's address parser is most of a small message's check, and a user's From repeats
+    from message to message: the result depends on the text alone, so it is remembered.
+    """
+    unfolded = raw.replace("\r", "").replace("\n", "")  # as policy.header_fetch_parse does
+    try:
+        field = email.policy.default.header_factory(name, unfolded)
+        addresses = field.addresses
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return None
+    specs = tuple(_unescape(a.addr_spec) for a in addresses)
+    return specs, tuple(type(d) for d in field.defects)
 
 
 _UTF8_MARKS = (email.errors.UndecodableBytesDefect, email.errors.NonASCIILocalPartDefect)

@@ -286,3 +286,20 @@ def test_a_hostile_helo_cannot_break_the_header() -> None:
 def test_utf8_address_owned_under_smtputf8() -> None:
     rules = Rules(owns=lambda a: a == "ålice@exämple.com", user="ålice", smtputf8=True)
     assert check("From: ålice@exämple.com\r\n\r\nHi.\r\n".encode(), rules) is None
+
+
+def test_address_parses_are_remembered_only_for_short_fields() -> None:
+    from gateway.message import policy
+
+    policy._address_field.cache_clear()
+    short = mail(b"From: alice@example.com\r\n")
+    long_name = b"A" * 600
+    long = mail(b'From: "' + long_name + b'" <alice@example.com>\r\n')
+    for _ in range(3):
+        assert check(short, RULES) is None
+        assert check(long, RULES) is None
+    info = policy._address_field.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (2, 1, 1)  # the long one never cached
+    spoof = mail(b"From: mallory@example.com\r\n")
+    assert check(spoof, RULES) is not None  # a cached parse never changes the verdict
+    assert check(spoof, RULES) is not None
