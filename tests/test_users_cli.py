@@ -123,3 +123,28 @@ async def test_unknown_users_cost_a_real_check_and_successes_are_cached() -> Non
     assert await authenticator.verify("alice", "nope") is None
     assert len(checks) == 3  # failures are never cached
     assert all(b"pw" not in key for key in authenticator._cache)
+
+
+async def test_concurrent_logins_with_the_same_credentials_share_one_check() -> None:
+    checks: list[str] = []
+    verify = threaded_verifier(trio.CapacityLimiter(1))
+
+    async def counting(stored: str, password: str) -> bool:
+        checks.append(stored)
+        return await verify(stored, password)
+
+    store = UserStore({"alice": User("alice", hash_password("pw"), ("a@example.com",))})
+    authenticator = Authenticator(store, verifier=counting)
+    results: list[object] = []
+
+    async def login(password: str) -> None:
+        results.append(await authenticator.verify("alice", password))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(login, "pw")
+        for _ in range(5):
+            nursery.start_soon(login, "wrong")
+    assert len(checks) == 2  # one for the 20 right, one for the 5 wrong
+    assert results.count(None) == 5
+    assert sum(r is not None for r in results) == 20

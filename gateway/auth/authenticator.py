@@ -34,6 +34,14 @@ async def inline_verifier(stored: str, password: str) -> bool:
     return verify_password(stored, password)
 
 
+class _Pending:
+    """A check in progress, that others with the same credentials wait for."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.ok = False
+
+
 @attrs.define(eq=False)
 class Authenticator:
     """Verifies a user's password against the store, remembering recent successes.
@@ -48,6 +56,7 @@ class Authenticator:
     )
     _key: bytes = attrs.field(factory=lambda: secrets.token_bytes(32))
     _cache: OrderedDict[bytes, tuple[float, str]] = attrs.field(factory=OrderedDict)
+    _pending: dict[bytes, _Pending] = attrs.field(factory=dict)
 
     def _cache_key(self, name: str, password: str) -> bytes:
         raw = name.encode() + b"\0" + password.encode()
@@ -64,9 +73,20 @@ class Authenticator:
             if expires > now and hmac.compare_digest(password_hash, user.password_hash):
                 return user
             del self._cache[key]
-        stored = user.password_hash if user is not None else DUMMY_HASH
-        ok = await self.verifier(stored, password)
-        if not ok or user is None:
+        # Many connections of one client may log in at once (a burst of reconnections):
+        # they share one check instead of each paying a scrypt behind the same limiter.
+        pending = self._pending.get(key)
+        if pending is not None:
+            await pending.done.wait()
+            return user if pending.ok and user is not None else None
+        pending = self._pending[key] = _Pending()
+        try:
+            stored = user.password_hash if user is not None else DUMMY_HASH
+            pending.ok = await self.verifier(stored, password)
+        finally:
+            del self._pending[key]
+            pending.done.set()
+        if not pending.ok or user is None:
             return None
         self._cache[key] = (now + CACHE_TTL, user.password_hash)
         if len(self._cache) > CACHE_SIZE:

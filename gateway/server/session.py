@@ -280,9 +280,10 @@ class Session:
                 self.close_reason = event.reason
                 await self._flush()
                 return
-            # A complete command: the idle clock starts again.
-            self._idle_deadline = trio.current_time() + limits.idle_timeout
             reply = await self._answer(event)
+            # A command answered: the wait for the next one starts now (an AUTH may have
+            # waited for its check, a DATA for the queue's ack).
+            self._idle_deadline = trio.current_time() + limits.idle_timeout
             self._queue(conn.send(reply))
             if conn.state is State.TLS_HANDSHAKE:
                 await self._flush()
