@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_message.py
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/bench_idle.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

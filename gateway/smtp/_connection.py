@@ -95,6 +95,33 @@ def _ehlo_reply(config: SessionConfig, starttls: bool, auth: bool) -> Reply:
 class ServerConnection:
     """One SMTP session, server side."""
 
+    # Thousands live at once on one node: no per-instance dict.
+    __slots__ = (
+        "_auth_mechanism",
+        "_auth_username",
+        "_buf",
+        "_close_reason",
+        "_data_finished",
+        "_discarding",
+        "_eof",
+        "_facts",
+        "_mail",
+        "_owed",
+        "_quick_line_limit",
+        "_rcpts",
+        "_reader",
+        "_state",
+        "_taking_input",
+        "auth_failures",
+        "config",
+        "discarded_after_starttls",
+        "errors",
+        "extended",
+        "helo_name",
+        "tls_active",
+        "user",
+    )
+
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.helo_name: str | None = None
