@@ -58,10 +58,6 @@ class Reply:
     def text(self) -> str:
         return " ".join(self.lines)
 
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.code < 400
-
 
 R = Reply.of
 

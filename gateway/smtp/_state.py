@@ -82,9 +82,6 @@ RULES: dict[str, Rule] = {
     ),
 }
 
-# Where a transaction goes when the driver accepts the command that moves it.
-PHASE_AFTER = {"MAIL": Phase.MAIL, "RCPT": Phase.RCPT}
-
 
 # The facts the rules look at, as bits of one small integer that the connection keeps current:
 # the table below is then indexed, not evaluated, on every command.

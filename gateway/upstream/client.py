@@ -129,13 +129,11 @@ class _Connection:
     ws: trio_websocket.WebSocketConnection
     info: dict[str, Any]
     _outbox: list[bytes] = attrs.field(factory=list)
-    _outbox_size: int = 0
     _wake_writer: trio.Event = attrs.field(factory=trio.Event)
     pings_out: int = 0
 
     def write(self, pieces: list[bytes]) -> None:
         self._outbox.extend(pieces)
-        self._outbox_size += sum(map(len, pieces))
         self._wake_writer.set()
 
     async def writer(self) -> None:
@@ -144,7 +142,6 @@ class _Connection:
             self._wake_writer = trio.Event()
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                self._outbox_size = 0
                 frame: list[bytes] = []
                 size = 0
                 for piece in batch:
