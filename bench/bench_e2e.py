@@ -19,9 +19,8 @@ from pathlib import Path
 
 import machine
 import trio
-from servers import cpu_seconds, free_port, running_process
+from servers import cpu_seconds, running_process, write_gateway
 
-from gateway.auth import User, UserStore, hash_password
 from gateway.upstream import NatsClient
 from gateway.upstream.tail import embedded_url
 
@@ -95,16 +94,8 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         users = [f"user{i}" for i in range(args.sessions)]
-        hashed = hash_password(PASSWORD)
-        UserStore({u: User(u, hashed, (f"{u}@bench.example",)) for u in users}).save(
-            directory / "users.toml"
-        )
-        port = free_port()
-        (directory / "gateway.toml").write_text(
-            f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\n'
-            'tls = "none"\nallow_plaintext_auth = true\n'
-            f"[limits]\nmax_connections = {args.sessions * 2}\n"
-            '[log]\nformat = "json"\nlevel = "info"\n'
+        port = write_gateway(
+            directory, users, PASSWORD, limits=f"max_connections = {args.sessions * 2}", log="info"
         )
         command = [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"]
         async with running_process(command, directory, port) as gateway_pid:

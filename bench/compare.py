@@ -26,9 +26,8 @@ from pathlib import Path
 import machine
 import trio
 from loadgen import Load, Result, run
-from servers import cpu_seconds, free_port, running_process
+from servers import cpu_seconds, free_port, running_process, write_gateway
 
-from gateway.auth import User, UserStore, hash_password
 from gateway.upstream import NatsClient
 from gateway.upstream.tail import embedded_url
 
@@ -39,16 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 
 @asynccontextmanager
 async def gateway_server(directory: Path) -> AsyncIterator[tuple[int, int]]:
-    hashed = hash_password(PASSWORD)
-    UserStore({u: User(u, hashed, (f"{u}@bench.example",)) for u in USERS}).save(
-        directory / "users.toml"
-    )
-    port = free_port()
-    (directory / "gateway.toml").write_text(
-        f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
-        "allow_plaintext_auth = true\n[limits]\nmax_connections = 2000\n"
-        f'[http]\naddress = "127.0.0.1:{free_port()}"\n[log]\nlevel = "warning"\n'
-    )
+    port = write_gateway(directory, USERS, PASSWORD, limits="max_connections = 2000")
     command = [
         "taskset",
         "-c",

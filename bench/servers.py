@@ -45,3 +45,23 @@ async def running_process(command: list[str], cwd: Path, port: int) -> AsyncIter
         with trio.move_on_after(30):
             await process.wait()
         process.kill()
+
+
+def write_gateway(
+    directory: Path, users: list[str], password: str, *, limits: str = "", log: str = "warning"
+) -> int:
+    """A users file (every user with `password`, sending from <user>@bench.example) and a
+    gateway.toml with one plaintext-AUTH listener on loopback; returns its port."""
+    from gateway.auth import User, UserStore, hash_password
+
+    hashed = hash_password(password)
+    UserStore({u: User(u, hashed, (f"{u}@bench.example",)) for u in users}).save(
+        directory / "users.toml"
+    )
+    port = free_port()
+    (directory / "gateway.toml").write_text(
+        f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
+        f"allow_plaintext_auth = true\n[limits]\n{limits}\n"
+        f'[http]\naddress = "127.0.0.1:{free_port()}"\n[log]\nformat = "json"\nlevel = "{log}"\n'
+    )
+    return port

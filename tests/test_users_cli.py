@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from gateway.auth import Authenticator, User, UserStore, hash_password, threaded_verifier
+from gateway.auth.authenticator import Verifier
 
 COMMAND = [sys.executable, "-m", "gateway", "users"]
 
@@ -104,13 +105,20 @@ def test_ownership(senders: tuple[str, ...], address: str, owned: bool) -> None:
     assert User("alice", "scrypt$x", senders).owns(address) is owned
 
 
-async def test_unknown_users_cost_a_real_check_and_successes_are_cached() -> None:
+def counting_verifier() -> tuple[list[str], Verifier]:
+    """The real threaded check, recording the hash each call was made against."""
     checks: list[str] = []
     verify = threaded_verifier(trio.CapacityLimiter(1))
 
     async def counting(stored: str, password: str) -> bool:
         checks.append(stored)
         return await verify(stored, password)
+
+    return checks, counting
+
+
+async def test_unknown_users_cost_a_real_check_and_successes_are_cached() -> None:
+    checks, counting = counting_verifier()
 
     store = UserStore({"alice": User("alice", hash_password("pw"), ("a@example.com",))})
     authenticator = Authenticator(store, verifier=counting)
@@ -126,12 +134,7 @@ async def test_unknown_users_cost_a_real_check_and_successes_are_cached() -> Non
 
 
 async def test_concurrent_logins_with_the_same_credentials_share_one_check() -> None:
-    checks: list[str] = []
-    verify = threaded_verifier(trio.CapacityLimiter(1))
-
-    async def counting(stored: str, password: str) -> bool:
-        checks.append(stored)
-        return await verify(stored, password)
+    checks, counting = counting_verifier()
 
     store = UserStore({"alice": User("alice", hash_password("pw"), ("a@example.com",))})
     authenticator = Authenticator(store, verifier=counting)
