@@ -19,10 +19,7 @@ from pathlib import Path
 
 import machine
 import trio
-from servers import cpu_seconds, running_process, write_gateway
-
-from gateway.upstream import NatsClient
-from gateway.upstream.tail import embedded_url
+from servers import cpu_seconds, running_process, stored_messages, write_gateway
 
 PASSWORD = "bench-password"
 BODY = b"Subject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
@@ -76,17 +73,6 @@ async def session(
             results["accepted" if code == 250 else "failed"] += 1
         await stream.send_all(b"QUIT\r\n")
         await read_reply(stream, buf)
-
-
-async def stored_messages(data_dir: Path) -> int:
-    url = embedded_url(data_dir)
-    assert url is not None
-    client = NatsClient(url)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.run)
-        info = await client.request_json("$JS.API.STREAM.INFO.MAIL")
-        nursery.cancel_scope.cancel()
-    return int(info["state"]["messages"])
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import machine
 import trio
-from servers import free_port, running_process
-
-from gateway.auth import User, UserStore, hash_password
+from servers import running_process, write_gateway
 
 PASSWORD = "bench-password"
 PER_USER = 200  # connections per user allowed here, so that few scrypt checks are needed
@@ -68,16 +66,12 @@ async def main(args: argparse.Namespace) -> None:
     users = [f"idle{i}" for i in range(-(-args.connections // PER_USER))]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        hashed = hash_password(PASSWORD)
-        UserStore({u: User(u, hashed, (f"{u}@bench.example",)) for u in users}).save(
-            directory / "users.toml"
-        )
-        port = free_port()
-        (directory / "gateway.toml").write_text(
-            f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
-            f"allow_plaintext_auth = true\n[limits]\nmax_connections = {args.connections + 100}\n"
-            f"max_connections_per_user = {PER_USER}\nidle_timeout = {IDLE}\n"
-            f'[http]\naddress = "127.0.0.1:{free_port()}"\n[log]\nlevel = "warning"\n'
+        port = write_gateway(
+            directory,
+            users,
+            PASSWORD,
+            limits=f"max_connections = {args.connections + 100}\n"
+            f"max_connections_per_user = {PER_USER}\nidle_timeout = {IDLE}",
         )
         command = [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"]
         async with running_process(command, directory, port) as pid:

@@ -18,9 +18,8 @@ from pathlib import Path
 import machine
 import trio
 from bench_e2e import PASSWORD, read_reply
-from servers import free_port, running_process
+from servers import running_process, write_gateway
 
-from gateway.auth import User, UserStore, hash_password
 from gateway.message import Rules, check, new_parser
 
 READ = 64 * 1024
@@ -94,14 +93,7 @@ async def send_big(port: int, message: bytes) -> int:
 async def stall(message: bytes) -> tuple[list[float], list[float], int]:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        UserStore({"user0": User("user0", hash_password(PASSWORD), ("user0@bench.example",))}).save(
-            directory / "users.toml"
-        )
-        port = free_port()
-        (directory / "gateway.toml").write_text(
-            f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\n'
-            'tls = "none"\nallow_plaintext_auth = true\n[log]\nlevel = "warning"\n'
-        )
+        port = write_gateway(directory, ["user0"], PASSWORD)
         command = [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"]
         async with running_process(command, directory, port):
             idle: list[float] = []

@@ -26,10 +26,7 @@ from pathlib import Path
 import machine
 import trio
 from loadgen import Load, Result, run
-from servers import cpu_seconds, free_port, running_process, write_gateway
-
-from gateway.upstream import NatsClient
-from gateway.upstream.tail import embedded_url
+from servers import cpu_seconds, free_port, running_process, stored_messages, write_gateway
 
 PASSWORD = "bench-password"
 USERS = [f"user{i}" for i in range(50)]
@@ -63,17 +60,6 @@ async def peer_server(directory: Path) -> AsyncIterator[tuple[int, int]]:
         yield port, pid
 
 
-async def stored(directory: Path) -> int:
-    url = embedded_url(directory / "var")
-    assert url is not None
-    client = NatsClient(url)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.run)
-        info = await client.request_json("$JS.API.STREAM.INFO.MAIL")
-        nursery.cancel_scope.cancel()
-    return int(info["state"]["messages"])
-
-
 def scenarios(quick: bool) -> dict[str, Load]:
     scale = 4 if quick else 1
     return {
@@ -96,7 +82,7 @@ async def measure(server: str, load: Load) -> tuple[Result, float, int | None]:
             before: list[float] = []
             result = await run(load, lambda: before.append(cpu_seconds(pid)))
             cpu = cpu_seconds(pid) - before[0]
-            in_stream = await stored(directory) if server == "gateway" else None
+            in_stream = await stored_messages(directory / "var") if server == "gateway" else None
     return result, cpu, in_stream
 
 

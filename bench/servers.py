@@ -65,3 +65,18 @@ def write_gateway(
         f'[http]\naddress = "127.0.0.1:{free_port()}"\n[log]\nformat = "json"\nlevel = "{log}"\n'
     )
     return port
+
+
+async def stored_messages(data_dir: Path, stream: str = "MAIL") -> int:
+    """How many messages the embedded nats-server under `data_dir` holds in `stream`."""
+    from gateway.upstream import NatsClient
+    from gateway.upstream.tail import embedded_url
+
+    url = embedded_url(data_dir)
+    assert url is not None, f"no embedded nats-server under {data_dir}"
+    client = NatsClient(url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        info = await client.request_json(f"$JS.API.STREAM.INFO.{stream}")
+        nursery.cancel_scope.cancel()
+    return int(info["state"]["messages"])
