@@ -228,9 +228,19 @@ class ServerConnection:
             if 0 <= lf < self._quick_line_limit:
                 line = bytes(buf[: lf - 1 if lf and buf[lf - 1] == 0x0D else lf])
                 del buf[: lf + 1]
-                verb, arg = grammar.split_command(line)
-                refusal = _REFUSALS.get(verb, _UNKNOWN)[self._facts]
-                event = Rejected(verb, refusal) if refusal else _HANDLERS[verb](self, arg)
+                word, _, arg = line.partition(b" ")
+                entry = _DISPATCH.get(word)  # a known verb as clients usually write it
+                if entry is None:
+                    verb, arg = grammar.split_command(line)
+                    refusal = _REFUSALS.get(verb, _UNKNOWN)[self._facts]
+                    event = Rejected(verb, refusal) if refusal else _HANDLERS[verb](self, arg)
+                else:
+                    verb, handler, refusals = entry
+                    refusal = refusals[self._facts]
+                    if refusal:
+                        event = Rejected(verb, refusal)
+                    else:
+                        event = handler(self, arg.strip(b" ") if arg else arg)
                 self._owed = event
                 return event
             if lf < 0 and len(buf) < self._quick_line_limit and not self._eof:
@@ -618,6 +628,16 @@ _HANDLERS: dict[str, Callable[[ServerConnection, bytes], CommandEvent]] = {
     "MAIL": ServerConnection._mail_from,
     "RCPT": ServerConnection._rcpt_to,
     "DATA": ServerConnection._data,
+}
+
+# The fast path's table: a verb's exact bytes, upper or lower case, to its name, handler and
+# refusals. Any other spelling takes grammar.split_command, which decides the same.
+_DISPATCH: dict[
+    bytes, tuple[str, Callable[[ServerConnection, bytes], CommandEvent], tuple[Reply | None, ...]]
+] = {
+    spelling: (verb, handler, _REFUSALS[verb])
+    for verb, handler in _HANDLERS.items()
+    for spelling in (verb.encode(), verb.lower().encode())
 }
 
 _AFTER: dict[type, Callable[[ServerConnection, CommandEvent, Reply], None]] = {

@@ -4,6 +4,10 @@ An event with a `reply` attribute that is not None carries the answer the core d
 driver sends it (or, where it has a reason, another one) with `ServerConnection.send`. Events
 whose `reply` is None need the driver's decision: `Authenticate`, `MailFrom`, and a
 `MessageComplete` the core found nothing wrong with.
+
+Events are read, never changed: the ones that carry no client data (NOOP's, DATA's...) are single
+instances shared by every session. They are not frozen because a frozen attrs class pays a
+descriptor call per field on every construction, several times per command on the hot path.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class NeedData(enum.Enum):
 NEED_DATA = NeedData.NEED_DATA
 
 
-@attrs.frozen
+@attrs.define
 class Envelope:
     """The envelope of one mail transaction, as the client gave it."""
 
@@ -35,7 +39,7 @@ class Envelope:
     declared_size: int | None = None
 
 
-@attrs.frozen
+@attrs.define
 class Hello:
     """HELO or EHLO: the core answers it from its configuration."""
 
@@ -44,14 +48,14 @@ class Hello:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class StartTls:
     """STARTTLS accepted: after sending the reply the driver runs the TLS handshake."""
 
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class AuthChallenge:
     """A step of an AUTH exchange: the core sends a 334 and waits for the client's response."""
 
@@ -59,7 +63,7 @@ class AuthChallenge:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Authenticate:
     """A complete AUTH exchange: the driver checks the credentials and answers."""
 
@@ -70,7 +74,7 @@ class Authenticate:
     reply: None = None
 
 
-@attrs.frozen
+@attrs.define
 class MailFrom:
     """MAIL FROM with a valid path and parameters: the driver authorises the sender."""
 
@@ -81,7 +85,7 @@ class MailFrom:
     reply: None = None
 
 
-@attrs.frozen
+@attrs.define
 class RcptTo:
     """RCPT TO with a valid address, within the recipient limit."""
 
@@ -89,21 +93,21 @@ class RcptTo:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class DataStart:
     """DATA in a transaction with recipients: the core proposes 354."""
 
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class DataChunk:
     """Message bytes as they arrive: dot-unstuffed, CRLF line ends, in order."""
 
     data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
 
 
-@attrs.frozen
+@attrs.define
 class MessageComplete:
     """The final dot. `reply` is the core's rejection, or None for the driver to decide."""
 
@@ -112,7 +116,7 @@ class MessageComplete:
     reply: Reply | None
 
 
-@attrs.frozen
+@attrs.define
 class Answered:
     """A command the core answers alone and that changes nothing the driver tracks
     (NOOP, RSET, HELP, VRFY, QUIT)."""
@@ -121,7 +125,7 @@ class Answered:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Rejected:
     """A command the core refused: syntax, order, a limit, or an unknown verb."""
 
@@ -129,7 +133,7 @@ class Rejected:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class ConnectionClosed:
     """The session is over: the client closed, sent QUIT, or a 421 went out."""
 

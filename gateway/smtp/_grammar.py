@@ -95,7 +95,12 @@ Params = tuple[tuple[str, str | None], ...]
 # anything else (quoted local parts, literals, UTF-8, routes, errors) takes the full parser.
 _ASCII_ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+"
 _ASCII_LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_ASCII_MAILBOX = rb"(%s(?:\.%s)*)@(%s(?:\.%s)*)>" % (
+# Lookaheads hold the limits: a local part within MAX_LOCAL_PART before its "@", and the whole
+# address within MAX_PATH with its brackets (which bounds the domain too). A path beyond them
+# fails here and gets its exact answer from the full parser.
+_ASCII_MAILBOX = rb"(?=[^@>]{1,%d}@)(?=[^>]{1,%d}>)(%s(?:\.%s)*@%s(?:\.%s)*)>" % (
+    MAX_LOCAL_PART,
+    MAX_PATH - 2,
     _ASCII_ATOM,
     _ASCII_ATOM,
     _ASCII_LABEL,
@@ -112,13 +117,8 @@ def parse_path_arg(
 ) -> tuple[str, Params] | Reply:
     """`FROM:<path> params` or `TO:<path> params`: the address and the raw parameters."""
     m = _FAST_PATH[keyword].match(arg)
-    if (
-        m is not None
-        and m.end(1) - m.start(1) <= MAX_LOCAL_PART
-        and m.end(2) - m.start(2) <= MAX_DOMAIN
-        and m.end(2) - m.start(1) + 2 <= MAX_PATH
-    ):
-        address = arg[m.start(1) : m.end(2)].decode("ascii")
+    if m is not None:
+        address = m.group(1).decode("ascii")
         end = m.end()
         if end == len(arg):
             return address, ()

@@ -6,6 +6,8 @@ catalogue). Nothing else in the code base writes a reply line by hand.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 # Replies that count toward the "too many errors" rule (service.md, limits and timers).
@@ -116,6 +118,7 @@ UNICODE_NEEDS_SMTPUTF8 = R(553, "5.6.7", "Must declare SMTPUTF8 to send unicode 
 TLS_ALREADY_ACTIVE = R(554, "5.5.1", "Error: TLS already active")
 
 
+@functools.lru_cache(maxsize=16)  # one per listener's hostname, sent on every connection
 def greeting(hostname: str) -> Reply:
     return R(220, None, f"{hostname} ESMTP")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.smtp._grammar import parse_mailbox, split_command
+from gateway.smtp import replies
+from gateway.smtp._grammar import parse_mailbox, parse_path_arg, split_command
 
 VALID = [
     "a@b.c",
@@ -77,3 +78,30 @@ def test_invalid_mailbox(address: str) -> None:
 )
 def test_split_command(line: bytes, verb: str, arg: bytes) -> None:
     assert split_command(line) == (verb, arg)
+
+
+def _mail(address: str) -> object:
+    arg = f"FROM:<{address}> SIZE=10".encode()
+    return parse_path_arg(
+        arg, b"FROM:", replies.MAIL_SYNTAX, replies.BAD_SENDER_SYNTAX, allow_postmaster=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "ok"),
+    [
+        ("a" * 64 + "@example.com", True),
+        ("a" * 65 + "@example.com", False),
+        ("a.b" * 21 + "c@example.com", True),  # 64 octets with dots
+        ("a@" + ".".join(["b" * 63] * 3) + "." + "c" * 60, True),  # 254 octets: <path> is 256
+        ("a@" + ".".join(["b" * 63] * 3) + "." + "c" * 61, False),  # 255: one over MAX_PATH
+        ("a" * 64 + "@" + ".".join(["b" * 63] * 3) + "." + "c" * 60, False),
+    ],
+)
+def test_path_length_limits(address: str, ok: bool) -> None:
+    """The fast path's lookaheads and the full parser draw the limits at the same octet."""
+    result = _mail(address)
+    if ok:
+        assert result == (address, (("SIZE", "10"),))
+    else:
+        assert result == replies.BAD_SENDER_SYNTAX
