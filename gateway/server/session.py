@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import ssl
+from collections.abc import Callable
 from email.parser import BytesFeedParser
+from functools import partial
 from typing import Protocol
 
 import attrs
@@ -151,6 +153,23 @@ class Gateway:
                 await trio.aclose_forcefully(stream)
 
 
+def _finish_message(
+    chunks: list[bytes],
+    parser: BytesFeedParser,
+    rules: Rules,
+    trace: Callable[[bytes], bytes],
+) -> tuple[Reply | None, bytes]:
+    """The checks on a message whose chunks but the last were fed to `parser`: the reply that
+    refuses it, or None and the bytes to store (trace headers, then the message)."""
+    if chunks:
+        parser.feed(chunks[-1])
+    message = b"".join(chunks)
+    problem = check_message(message, rules, parser)
+    if problem is not None:
+        return problem, b""
+    return None, trace(message) + message
+
+
 @attrs.define(eq=False)
 class Session:
     gateway: Gateway
@@ -268,13 +287,15 @@ class Session:
                 conn.receive_data(data)
                 continue
             if isinstance(event, DataChunk):
-                self._chunks.append(event.data)
+                chunks = self._chunks
+                chunks.append(event.data)
                 if self._digest is not None:
                     self._digest.update(event.data)
-                if self._parser is not None:
-                    # Parsed as it arrives: the parse costs a little per read, not a stall
-                    # after the final dot.
-                    self._parser.feed(event.data)
+                if self._parser is not None and len(chunks) > 1:
+                    # Parsed as it arrives, one chunk behind: the parse costs a little per
+                    # read, and the last chunk, which closes every open part (joins of
+                    # megabytes), is parsed with the check, off the event loop.
+                    self._parser.feed(chunks[-2])
                 continue
             if isinstance(event, ConnectionClosed):
                 self.close_reason = event.reason
@@ -433,8 +454,7 @@ class Session:
                 size=event.size,
             )
             return event.reply
-        assert self.user is not None and digest is not None
-        message = b"".join(chunks)
+        assert self.user is not None and digest is not None and parser is not None
         limits = self.gateway.config.limits
         rules = Rules(
             owns=self.user.owns,
@@ -442,14 +462,25 @@ class Session:
             smtputf8=envelope.smtputf8,
             max_attachment_size=limits.max_attachment_size,
         )
-        if len(message) <= INLINE_CHECK_LIMIT:
+        queue_id = digest.queue_id()
+        trace = partial(
+            trace_headers,
+            hostname=self._hostname,
+            helo=self.conn.helo_name or "unknown",
+            client_ip=self.client_host,
+            tls=isinstance(self.stream, trio.SSLStream),
+            smtputf8=envelope.smtputf8,
+            queue_id=queue_id,
+            rcpt_to=envelope.rcpt_to,
+        )
+        if event.size <= INLINE_CHECK_LIMIT:
             # A few milliseconds at most: cheaper here than the ~250 us of a thread hand-off.
-            problem = check_message(message, rules, parser)
+            problem, payload = _finish_message(chunks, parser, rules, trace)
         else:
             # A pure-Python parse holds the GIL, but in a thread it yields it to the event
-            # loop at every switch interval: other sessions wait milliseconds, not the check.
-            problem = await trio.to_thread.run_sync(
-                check_message, message, rules, parser, limiter=self.gateway.checks
+            # loop at every switch interval; the copies of megabytes go there too.
+            problem, payload = await trio.to_thread.run_sync(
+                _finish_message, chunks, parser, rules, trace, limiter=self.gateway.checks
             )
         if problem is not None:
             self._count_rejection(problem)
@@ -459,7 +490,7 @@ class Session:
                 enhanced=problem.enhanced,
                 reason=problem.text,
                 sender=envelope.mail_from,
-                size=len(message),
+                size=event.size,
             )
             return problem
         submission = Submission(
@@ -468,21 +499,11 @@ class Session:
             mail_from=envelope.mail_from,
             rcpt_to=envelope.rcpt_to,
             msg_id=digest.msg_id(),
-            queue_id=digest.queue_id(),
-        )
-        trace = trace_headers(
-            message,
-            hostname=self._hostname,
-            helo=self.conn.helo_name or "unknown",
-            client_ip=self.client_host,
-            tls=isinstance(self.stream, trio.SSLStream),
-            smtputf8=envelope.smtputf8,
-            queue_id=submission.queue_id,
-            rcpt_to=envelope.rcpt_to,
+            queue_id=queue_id,
         )
         started = trio.current_time()
         try:
-            ack = await self.gateway.upstream.publish(submission, trace + message)
+            ack = await self.gateway.upstream.publish(submission, payload)
         except MessageTooLarge as exc:
             self.gateway.metrics.inc("messages_total", outcome="rejected", reply="552 5.3.4")
             log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))
@@ -499,7 +520,7 @@ class Session:
             queue_id=submission.queue_id,
             sender=envelope.mail_from,
             recipients=len(envelope.rcpt_to),
-            size=len(message),
+            size=event.size,
             upstream_latency=round(trio.current_time() - started, 4),
             seq=ack.seq,
             duplicate=ack.duplicate,
