@@ -6,6 +6,8 @@ import base64
 import datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.message import Rules, check, trace_headers
 
@@ -303,3 +305,18 @@ def test_address_parses_are_remembered_only_for_short_fields() -> None:
     spoof = mail(b"From: mallory@example.com\r\n")
     assert check(spoof, RULES) is not None  # a cached parse never changes the verdict
     assert check(spoof, RULES) is not None
+
+
+@given(st.text(max_size=300))
+def test_trace_tokens_are_safe_whatever_the_client_sends(text: str) -> None:
+    """The fast path and the rewrite give the same token: printable ASCII, no space, no
+    comment delimiters, at most 255 characters."""
+    from gateway.message import trace
+
+    token = trace._token(text)
+    assert token == (
+        trace._COMMENT_UNSAFE.sub("?", trace._UNSAFE.sub("?", text))[: trace.MAX_TOKEN] or "unknown"
+    )
+    assert token
+    assert len(token) <= trace.MAX_TOKEN
+    assert all(0x21 <= ord(c) <= 0x7E and c not in "()\\" for c in token)
