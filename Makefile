@@ -43,14 +43,18 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+# The standard benchmark set, a few minutes; the report goes to bench/results/ (compare.md,
+# .json and .png, and each script's output as .txt). bench/README.md says what each measures.
+bench: SHELL := /bin/bash
+bench: .SHELLFLAGS := -o pipefail -c
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	$(BIN)/python bench/bench_core.py
-	$(BIN)/python bench/bench_upstream.py
-	$(BIN)/python bench/bench_e2e.py
-	$(BIN)/python bench/bench_message.py
-	$(BIN)/python bench/compare.py
-	$(BIN)/python bench/bench_idle.py
+	@mkdir -p bench/results
+	$(BIN)/python bench/bench_core.py | tee bench/results/core.txt
+	$(BIN)/python bench/bench_upstream.py | tee bench/results/upstream.txt
+	$(BIN)/python bench/bench_message.py | tee bench/results/message.txt
+	$(BIN)/python bench/compare.py | tee bench/results/compare.txt
+	$(BIN)/python bench/bench_idle.py | tee bench/results/idle.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

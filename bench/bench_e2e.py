@@ -19,7 +19,13 @@ from pathlib import Path
 
 import machine
 import trio
-from servers import cpu_seconds, running_process, stored_messages, write_gateway
+from servers import (
+    cpu_seconds,
+    embedded_nats_url,
+    running_process,
+    stored_messages,
+    write_gateway,
+)
 
 PASSWORD = "bench-password"
 BODY = b"Subject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26  # about 2 KB
@@ -111,7 +117,7 @@ async def main(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - start
             gateway_cpu = cpu_seconds(gateway_pid) - cpu_before
             own_cpu = time.process_time() - own_before
-            stored = await stored_messages(directory / "var")
+            stored = await stored_messages(embedded_nats_url(directory / "var"))
     total = results["accepted"]
     print(
         f"{args.sessions} sessions x {args.messages} messages of {len(BODY)} B, "

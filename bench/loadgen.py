@@ -1,14 +1,24 @@
 """A load generator for SMTP submission servers: raw sockets on Trio, every reply checked.
 
+    python bench/loadgen.py --host gw.example --port 587 --password ... --users u1,u2 \\
+        [--sessions 50] [--messages 40] [--size 2048] [--attachment 0] [--recipients 1] \\
+        [--reconnect-every 0] [--rate 0] [--no-pipelining] [--auth PLAIN|LOGIN] \\
+        [--starttls [--cafile ca.pem]] [--storm N]
+
 Closed loop (each session sends its next message when the last is answered) or open loop
-(messages started at a fixed rate, for latency). Sessions are spread over many users so the
-per-user connection limit does not trip unless asked.
+(`--rate`: messages started at a fixed rate over a pool of sessions, for latency). Sessions are
+spread over the users so the per-user connection limit does not trip unless asked; `--storm N`
+asks: N connections of the first user at once, and counts who got in and who got 421.
+User i sends from <user>@bench.example unless `--domain` says otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import math
+import ssl
 import time
 from collections.abc import Callable
 
@@ -20,15 +30,24 @@ import trio
 class Load:
     port: int
     password: str
-    users: list[str]  # user i sends from <user>@bench.example
+    users: list[str]  # user i sends from <user>@<domain>
     sessions: int = 50
     messages: int = 40  # per session (closed loop) or in all (open loop)
     size: int = 2048  # octets of message
+    attachment: int = 0  # decoded octets of a base64 attachment within `size` (0: plain text)
     recipients: int = 1
     reconnect_every: int = 0  # messages per connection; 0: one connection per session
     pipelining: bool = True
     rate: float = 0.0  # messages per second in all: > 0 for the open loop
     host: str = "127.0.0.1"
+    auth: str = "PLAIN"  # or "LOGIN"
+    starttls: bool = False
+    tls_context: ssl.SSLContext | None = None  # for STARTTLS; None: no certificate check
+    domain: str = "bench.example"
+    # Sessions logging in at once: asyncio servers listen with a backlog of 100, and a
+    # connection dropped from a full accept queue hangs until a timeout.
+    opening: int = 50
+    reply_timeout: float = 60.0  # seconds for any one reply: a stuck load ends, and counts
 
 
 @attrs.define
@@ -38,6 +57,7 @@ class Result:
     connections: int = 0
     latencies: list[float] = attrs.field(factory=list)  # seconds from MAIL to the 250
     wall: float = 0.0
+    errors: dict[str, int] = attrs.field(factory=dict)  # what failed, counted
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -45,52 +65,148 @@ class Result:
             return math.nan
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
+    def fail(self, what: str) -> None:
+        self.failed += 1
+        self.errors[what] = self.errors.get(what, 0) + 1
 
-def message(n: int, size: int, sender: str) -> bytes:
-    head = f"From: {sender}\r\nSubject: bench {n}\r\nMessage-Number: {n}\r\n\r\n".encode()
-    line = b"x" * 76 + b"\r\n"
-    body = line * max(0, (size - len(head)) // len(line))
-    return head + body
+
+_BODIES: dict[tuple[int, int], bytes] = {}
+
+
+def _body(size: int, attachment: int, head_len: int) -> bytes:
+    """The part of a message after its header, cached: the generator must stay cheap."""
+    key = (size - head_len, attachment)
+    if key not in _BODIES:
+        line = b"x" * 76 + b"\r\n"
+        if not attachment:
+            _BODIES[key] = line * max(0, key[0] // len(line))
+        else:
+            b64 = base64.b64encode(
+                bytes(range(256)) * (attachment // 256) + bytes(attachment % 256)
+            )
+            encoded = b"".join(b64[i : i + 76] + b"\r\n" for i in range(0, len(b64), 76))
+            room = key[0] - len(encoded) - 300
+            _BODIES[key] = (
+                b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                b"--b\r\nContent-Type: text/plain\r\n\r\n"
+                + line
+                * max(1, room // len(line))
+                + b"--b\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Transfer-Encoding: base64\r\n"
+                b'Content-Disposition: attachment; filename="a.bin"\r\n\r\n'
+                + encoded
+                + b"--b--\r\n"
+            )
+    return _BODIES[key]
+
+
+def message(n: int, size: int, sender: str, attachment: int = 0) -> bytes:
+    """A distinct message (the queue deduplicates identical ones) of about `size` octets."""
+    head = f"From: {sender}\r\nSubject: bench {n}\r\nMessage-Number: {n}\r\n".encode()
+    body = _body(size, attachment, len(head))
+    # Plain text needs the blank line; the multipart body starts with its MIME header lines.
+    return head + (body if attachment else b"\r\n" + body)
 
 
 class Connection:
-    def __init__(self, stream: trio.SocketStream, sender: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, sender: str, timeout: float = 60.0) -> None:
         self.stream = stream
         self.sender = sender  # the authenticated user's address
         self.buf = bytearray()
+        self.timeout = timeout
 
     async def reply(self) -> int:
+        """The code of the next complete reply (multi-line replies read to their end)."""
+        return (await self.reply_line())[0]
+
+    async def reply_line(self) -> tuple[int, bytes]:
+        with trio.fail_after(self.timeout):
+            return await self._reply_line()
+
+    async def _reply_line(self) -> tuple[int, bytes]:
         while True:
             end = self.buf.find(b"\r\n")
             while end >= 0:
                 line = bytes(self.buf[: end + 2])
                 del self.buf[: end + 2]
                 if line[3:4] == b" ":
-                    return int(line[:3])
+                    return int(line[:3]), line
                 end = self.buf.find(b"\r\n")
             data = await self.stream.receive_some(65536)
             if not data:
                 raise ConnectionError("server closed the connection")
             self.buf += data
 
+    async def command(self, line: bytes) -> tuple[int, bytes]:
+        await self.stream.send_all(line + b"\r\n")
+        return await self.reply_line()
 
-async def open_session(load: Load, user: str, result: Result) -> Connection:
-    conn = Connection(await trio.open_tcp_stream(load.host, load.port), f"{user}@bench.example")
+    async def close(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(b"QUIT\r\n")
+        await self.stream.aclose()
+
+
+def _tls_context(load: Load) -> ssl.SSLContext:
+    if load.tls_context is None:
+        # Made once: loading the system's CA store costs tens of milliseconds.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # a benchmark measures; tests check certificates
+        load.tls_context = context
+    return load.tls_context
+
+
+class AuthRefused(ConnectionError):
+    def __init__(self, code: int, line: bytes) -> None:
+        super().__init__(f"AUTH answered {line.decode(errors='replace').strip()}")
+        self.code = code
+        self.line = line
+
+
+async def open_session(
+    load: Load, user: str, result: Result, limiter: trio.CapacityLimiter | None = None
+) -> Connection:
+    """Connect, EHLO, STARTTLS if asked (then EHLO again), and authenticate."""
+    if limiter is not None:
+        async with limiter:
+            return await open_session(load, user, result)
+    with trio.fail_after(load.reply_timeout):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(load.host, load.port)
+    conn = Connection(stream, f"{user}@{load.domain}", load.reply_timeout)
     result.connections += 1
-    assert await conn.reply() == 220
-    await conn.stream.send_all(b"EHLO bench.client\r\n")
-    assert await conn.reply() == 250
-    token = base64.b64encode(f"\0{user}\0{load.password}".encode())
-    await conn.stream.send_all(b"AUTH PLAIN " + token + b"\r\n")
-    code = await conn.reply()
-    if code != 235:
-        raise ConnectionError(f"AUTH answered {code}")
+    try:
+        if (code := await conn.reply()) != 220:
+            raise ConnectionError(f"greeting {code}")
+        if (code := (await conn.command(b"EHLO bench.client"))[0]) != 250:
+            raise ConnectionError(f"EHLO answered {code}")
+        if load.starttls:
+            if (code := (await conn.command(b"STARTTLS"))[0]) != 220:
+                raise ConnectionError(f"STARTTLS answered {code}")
+            tls = trio.SSLStream(stream, _tls_context(load), server_hostname=load.host)
+            await tls.do_handshake()
+            conn.stream = tls
+            if (code := (await conn.command(b"EHLO bench.client"))[0]) != 250:
+                raise ConnectionError(f"EHLO after STARTTLS answered {code}")
+        if load.auth == "LOGIN":
+            code, line = await conn.command(b"AUTH LOGIN " + base64.b64encode(user.encode()))
+            if code == 334:
+                code, line = await conn.command(base64.b64encode(load.password.encode()))
+        else:
+            token = base64.b64encode(f"\0{user}\0{load.password}".encode())
+            code, line = await conn.command(b"AUTH PLAIN " + token)
+        if code != 235:
+            raise AuthRefused(code, line)
+    except BaseException:
+        await trio.aclose_forcefully(conn.stream)
+        raise
     return conn
 
 
 async def send_one(conn: Connection, load: Load, sender: str, n: int, result: Result) -> None:
     rcpts = "".join(f"RCPT TO:<r{i}@example.net>\r\n" for i in range(load.recipients))
     envelope = f"MAIL FROM:<{sender}>\r\n{rcpts}".encode()
+    data = message(n, load.size, sender, load.attachment) + b".\r\n"
     start = time.perf_counter()
     if load.pipelining:
         await conn.stream.send_all(envelope + b"DATA\r\n")
@@ -98,43 +214,46 @@ async def send_one(conn: Connection, load: Load, sender: str, n: int, result: Re
     else:
         codes = []
         for line in [*envelope.split(b"\r\n")[:-1], b"DATA"]:
-            await conn.stream.send_all(line + b"\r\n")
-            codes.append(await conn.reply())
+            codes.append((await conn.command(line))[0])
     if codes[0] != 250 or codes[-1] != 354 or any(c != 250 for c in codes[1:-1]):
-        result.failed += 1
+        result.fail(f"envelope answered {codes}")
         if codes[-1] == 354:
             await conn.stream.send_all(b".\r\n")
             await conn.reply()
         return
-    await conn.stream.send_all(message(n, load.size, sender) + b".\r\n")
-    if await conn.reply() == 250:
+    await conn.stream.send_all(data)
+    code = await conn.reply()
+    if code == 250:
         result.accepted += 1
         result.latencies.append(time.perf_counter() - start)
     else:
-        result.failed += 1
+        result.fail(f"message answered {code}")
 
 
 async def closed_loop_session(
-    load: Load, index: int, result: Result, ready: trio.MemorySendChannel[None], go: trio.Event
+    load: Load,
+    index: int,
+    result: Result,
+    ready: trio.MemorySendChannel[None],
+    go: trio.Event,
+    limiter: trio.CapacityLimiter,
 ) -> None:
     user = load.users[index % len(load.users)]
-    sender = f"{user}@bench.example"
-    conn: Connection | None = await open_session(load, user, result)
+    sender = f"{user}@{load.domain}"
+    conn: Connection | None = await open_session(load, user, result, limiter)
     sent_here = 0
     await ready.send(None)
     await go.wait()
     for k in range(load.messages):
         if conn is None or (load.reconnect_every and sent_here >= load.reconnect_every):
             if conn is not None:
-                await conn.stream.send_all(b"QUIT\r\n")
-                await conn.stream.aclose()
-            conn = await open_session(load, user, result)
+                await conn.close()
+            conn = await open_session(load, user, result, limiter)
             sent_here = 0
         await send_one(conn, load, sender, index * 1_000_000 + k, result)
         sent_here += 1
     if conn is not None:
-        await conn.stream.send_all(b"QUIT\r\n")
-        await conn.stream.aclose()
+        await conn.close()
 
 
 async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result:
@@ -146,9 +265,10 @@ async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result
         return result
     go = trio.Event()
     ready, logged_in = trio.open_memory_channel[None](load.sessions)
+    limiter = trio.CapacityLimiter(load.opening)
     async with trio.open_nursery() as nursery:
         for index in range(load.sessions):
-            nursery.start_soon(_guarded, load, index, result, ready, go)
+            nursery.start_soon(_guarded, load, index, result, ready, go, limiter)
         for _ in range(load.sessions):
             await logged_in.receive()
         on_start()
@@ -159,13 +279,19 @@ async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result
 
 
 async def _guarded(
-    load: Load, index: int, result: Result, ready: trio.MemorySendChannel[None], go: trio.Event
+    load: Load,
+    index: int,
+    result: Result,
+    ready: trio.MemorySendChannel[None],
+    go: trio.Event,
+    limiter: trio.CapacityLimiter,
 ) -> None:
     try:
-        await closed_loop_session(load, index, result, ready, go)
-    except (OSError, ConnectionError, trio.BrokenResourceError, AssertionError):
-        result.failed += 1
-        await ready.send(None)
+        await closed_loop_session(load, index, result, ready, go, limiter)
+    except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        result.fail(type(exc).__name__ + ": " + str(exc)[:60])
+        if not go.is_set():
+            await ready.send(None)
 
 
 async def _open_loop(load: Load, result: Result, on_start: Callable[[], None]) -> None:
@@ -180,6 +306,8 @@ async def _open_loop(load: Load, result: Result, on_start: Callable[[], None]) -
         conn = await free.receive()
         try:
             await send_one(conn, load, conn.sender, n, result)
+        except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            result.fail(type(exc).__name__)
         finally:
             await pool.send(conn)
 
@@ -191,3 +319,139 @@ async def _open_loop(load: Load, result: Result, on_start: Callable[[], None]) -
             await trio.sleep_until(start + n * interval)
             nursery.start_soon(one, n)
     result.wall = time.perf_counter() - began
+    for _ in range(load.sessions):
+        await (await free.receive()).close()
+
+
+@attrs.define
+class StormResult:
+    attempts: int = 0
+    admitted: int = 0  # 235: logged in and holding a connection
+    refused_limit: int = 0  # 421 4.7.0 ...: the per-user limit
+    other: dict[str, int] = attrs.field(factory=dict)
+    refusal_latencies: list[float] = attrs.field(factory=list)  # connect to 421, seconds
+    wall: float = 0.0
+
+
+async def storm(load: Load, attempts: int) -> StormResult:
+    """`attempts` connections of load.users[0] at once, each holding on once admitted, until
+    every attempt is answered; then all close."""
+    result = StormResult(attempts=attempts)
+    counts = Result()
+    held: list[Connection] = []
+    user = load.users[0]
+
+    async def attempt() -> None:
+        start = time.perf_counter()
+        try:
+            held.append(await open_session(load, user, counts))
+            result.admitted += 1
+        except AuthRefused as exc:
+            if exc.code == 421 and b"4.7.0" in exc.line:
+                result.refused_limit += 1
+                result.refusal_latencies.append(time.perf_counter() - start)
+            else:
+                key = exc.line.decode(errors="replace").strip()[:40]
+                result.other[key] = result.other.get(key, 0) + 1
+        except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            key = type(exc).__name__
+            result.other[key] = result.other.get(key, 0) + 1
+
+    began = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(attempts):
+            nursery.start_soon(attempt)
+    result.wall = time.perf_counter() - began
+    for conn in held:
+        await conn.close()
+    return result
+
+
+class StallProbe:
+    """NOOP round trips on a connection of its own, one after another, while a load runs: the
+    longest is how long the server kept every other session waiting."""
+
+    def __init__(self) -> None:
+        self.round_trips: list[float] = []
+
+    async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[None]) -> None:
+        conn = Connection(await trio.open_tcp_stream(host, port), "", timeout=600)
+        async with conn.stream:
+            await conn.reply()
+            task_status.started()
+            while True:
+                start = time.perf_counter()
+                await conn.command(b"NOOP")
+                self.round_trips.append(time.perf_counter() - start)
+
+    @property
+    def worst(self) -> float:
+        return max(self.round_trips, default=math.nan)
+
+
+def _arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="SMTP submission load generator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--password", required=True, help="every user's password")
+    p.add_argument("--users", required=True, help="comma-separated user names")
+    p.add_argument("--domain", default="bench.example", help="senders are <user>@<domain>")
+    p.add_argument("--sessions", type=int, default=50)
+    p.add_argument("--messages", type=int, default=40)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--attachment", type=int, default=0)
+    p.add_argument("--recipients", type=int, default=1)
+    p.add_argument("--reconnect-every", type=int, default=0)
+    p.add_argument("--rate", type=float, default=0.0)
+    p.add_argument("--no-pipelining", action="store_true")
+    p.add_argument("--auth", choices=("PLAIN", "LOGIN"), default="PLAIN")
+    p.add_argument("--starttls", action="store_true")
+    p.add_argument("--cafile", help="verify the server's certificate against this CA")
+    p.add_argument("--storm", type=int, default=0, help="N connections of the first user")
+    return p.parse_args()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    context = None
+    if args.cafile:
+        context = ssl.create_default_context(cafile=args.cafile)
+    load = Load(
+        port=args.port,
+        password=args.password,
+        users=args.users.split(","),
+        sessions=args.sessions,
+        messages=args.messages,
+        size=args.size,
+        attachment=args.attachment,
+        recipients=args.recipients,
+        reconnect_every=args.reconnect_every,
+        pipelining=not args.no_pipelining,
+        rate=args.rate,
+        host=args.host,
+        auth=args.auth,
+        starttls=args.starttls,
+        tls_context=context,
+        domain=args.domain,
+    )
+    if args.storm:
+        s = await storm(load, args.storm)
+        print(
+            f"storm of {s.attempts}: {s.admitted} admitted, {s.refused_limit} refused with "
+            f"421 4.7.0, other {s.other}, in {s.wall:.2f} s"
+        )
+        return
+    probe = StallProbe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(probe.run, args.host, args.port)
+        r = await run(load)
+        nursery.cancel_scope.cancel()
+    print(
+        f"{r.accepted} accepted, {r.failed} failed {r.errors or ''}, {r.connections} "
+        f"connections, {r.accepted / r.wall if r.wall else 0:.0f} msg/s, p50 "
+        f"{r.percentile(50) * 1e3:.1f} ms, p99 {r.percentile(99) * 1e3:.1f} ms, worst NOOP "
+        f"{probe.worst * 1e3:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    trio.run(_main, _arguments())

@@ -1,6 +1,8 @@
 """The peer: aiosmtpd with AUTH and a handler that accepts in memory.
 
-    python bench/peer_aiosmtpd.py PORT PASSWORD
+    python bench/peer_aiosmtpd.py PORT PASSWORD [CERT KEY]
+
+With a certificate and key it offers STARTTLS.
 
 A well-known asyncio SMTP server doing less than the gateway (no queue, no acknowledgement,
 no message checks): the figure to beat.
@@ -8,6 +10,7 @@ no message checks): the figure to beat.
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 from typing import Any
@@ -34,6 +37,10 @@ def main() -> None:
         ok = isinstance(auth_data, LoginPassword) and auth_data.password == password
         return AuthResult(success=ok)
 
+    tls = None
+    if len(sys.argv) > 4:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sys.argv[3], sys.argv[4])
     controller = Controller(
         InMemory(),
         hostname="127.0.0.1",
@@ -41,6 +48,7 @@ def main() -> None:
         auth_require_tls=False,
         authenticator=authenticate,
         data_size_limit=8 * 1024 * 1024 + 1024,
+        tls_context=tls,
     )
     controller.start()
     print("ready", flush=True)

@@ -48,10 +48,19 @@ async def running_process(command: list[str], cwd: Path, port: int) -> AsyncIter
 
 
 def write_gateway(
-    directory: Path, users: list[str], password: str, *, limits: str = "", log: str = "warning"
+    directory: Path,
+    users: list[str],
+    password: str,
+    *,
+    limits: str = "",
+    log: str = "warning",
+    upstream_url: str | None = None,
+    starttls: bool = False,
 ) -> int:
     """A users file (every user with `password`, sending from <user>@bench.example) and a
-    gateway.toml with one plaintext-AUTH listener on loopback; returns its port."""
+    gateway.toml with one AUTH listener on loopback (plaintext AUTH, or STARTTLS with a
+    certificate from bench_tls); returns its port. `upstream_url`: an external nats-server
+    (None: the embedded one)."""
     from gateway.auth import User, UserStore, hash_password
 
     hashed = hash_password(password)
@@ -59,24 +68,71 @@ def write_gateway(
         directory / "users.toml"
     )
     port = free_port()
+    if starttls:
+        cert, key = bench_tls(directory)
+        listener = 'tls = "starttls"\n'
+        tls = f'[tls]\ncertificate = "{cert}"\nprivate_key = "{key}"\n'
+    else:
+        listener = 'tls = "none"\nallow_plaintext_auth = true\n'
+        tls = ""
+    upstream = f'[upstream]\nurl = "{upstream_url}"\n' if upstream_url else ""
     (directory / "gateway.toml").write_text(
-        f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
-        f"allow_plaintext_auth = true\n[limits]\n{limits}\n"
+        f'hostname = "bench.test"\n[[listener]]\naddress = "127.0.0.1:{port}"\n{listener}'
+        f"[limits]\n{limits}\n{tls}{upstream}"
         f'[http]\naddress = "127.0.0.1:{free_port()}"\n[log]\nformat = "json"\nlevel = "{log}"\n'
     )
     return port
 
 
-async def stored_messages(data_dir: Path, stream: str = "MAIL") -> int:
-    """How many messages the embedded nats-server under `data_dir` holds in `stream`."""
-    from gateway.upstream import NatsClient
-    from gateway.upstream.tail import embedded_url
+def bench_tls(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a throwaway CA (trustme), as PEM files."""
+    import trustme
 
-    url = embedded_url(data_dir)
-    assert url is not None, f"no embedded nats-server under {data_dir}"
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
+
+
+@asynccontextmanager
+async def nats_server(
+    directory: Path, cpus: str = "1", *, sync_always: bool = True
+) -> AsyncIterator[str]:
+    """An external nats-server as the gateway's upstream (JetStream; sync_interval: always
+    unless told otherwise), pinned to `cpus`; yields its WebSocket URL. The gateway's core is
+    then its own."""
+    from gateway.upstream.embedded import embedded_max_payload, find_nats_server, write_config
+    from gateway.upstream.jetstream import StreamSettings
+
+    ws_port = free_port()
+    config = write_config(
+        directory / "nats",
+        max_payload=embedded_max_payload(StreamSettings().max_msg_size),
+        websocket_port=ws_port,
+        sync_always=sync_always,
+    )
+    command = ["taskset", "-c", cpus, find_nats_server(), "-c", str(config)]
+    async with running_process(command, directory, ws_port):
+        yield f"ws://127.0.0.1:{ws_port}"
+
+
+async def stored_messages(url: str, stream: str = "MAIL") -> int:
+    """How many messages the nats-server at `url` holds in `stream`."""
+    from gateway.upstream import NatsClient
+
     client = NatsClient(url)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         info = await client.request_json(f"$JS.API.STREAM.INFO.{stream}")
         nursery.cancel_scope.cancel()
     return int(info["state"]["messages"])
+
+
+def embedded_nats_url(data_dir: Path) -> str:
+    from gateway.upstream.tail import embedded_url
+
+    url = embedded_url(data_dir)
+    assert url is not None, f"no embedded nats-server under {data_dir}"
+    return url
