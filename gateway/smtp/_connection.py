@@ -140,7 +140,8 @@ class ServerConnection:
         self._discarding = False  # inside an over-long line: drop bytes up to its LF
         self._close_reason = ""
         self._mail: MailFrom | None = None
-        self._rcpts: list[str] = []
+        # A list once a recipient is accepted: idle sessions (thousands) share the empty tuple.
+        self._rcpts: list[str] | tuple[()] = ()
         self._reader: DataReader | None = None
         self._data_finished = False
         self._auth_mechanism = ""
@@ -554,7 +555,10 @@ class ServerConnection:
     def _after_rcpt(self, owed: CommandEvent, reply: Reply) -> None:
         assert isinstance(owed, RcptTo)
         if 250 <= reply.code <= 251:
-            self._rcpts.append(owed.address)
+            if self._rcpts:
+                self._rcpts.append(owed.address)
+            else:
+                self._rcpts = [owed.address]
             self._facts = self._facts & ~_PHASE_MASK | _IN_RCPT
 
     def _after_data(self, owed: CommandEvent, reply: Reply) -> None:
@@ -591,7 +595,7 @@ class ServerConnection:
         self._facts &= ~_PHASE_MASK
         self._mail = None
         if self._rcpts:
-            self._rcpts = []
+            self._rcpts = ()
         self._reader = None
 
     def _close(self, reason: str) -> None:
