@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
+from typing import Any
 
 import attrs
 import structlog
@@ -191,16 +192,28 @@ def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _accept(gateway: Gateway, listener: Listener, stream: trio.SocketStream) -> None:
+def _accept(
+    gateway: Gateway, listener: Listener, stream: trio.SocketStream
+) -> Coroutine[Any, Any, None]:
+    """The coroutine that serves a new connection. Not a coroutine function itself: a frame
+    of its own would be kept for the whole life of every connection."""
     try:
         peer = stream.socket.getpeername()
-        host, port = peer[0], peer[1]
-    except OSError:
-        await trio.aclose_forcefully(stream)
-        return
+    except OSError:  # gone already
+        return _close(stream)
+    host, port = peer[0], peer[1]
     if not listener.proxy_protocol:
-        await gateway.handle(stream, listener, _format(host, port))
-        return
+        return gateway.handle(stream, listener, _format(host, port))
+    return _accept_proxied(gateway, listener, stream, host, port)
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    await trio.aclose_forcefully(stream)
+
+
+async def _accept_proxied(
+    gateway: Gateway, listener: Listener, stream: trio.SocketStream, host: str, port: int
+) -> None:
     if not trusted(listener, host):
         log.warning("proxy.untrusted", peer=_format(host, port), listener=listener.address)
         await trio.aclose_forcefully(stream)
