@@ -26,7 +26,7 @@ class TlsMode(enum.Enum):
     IMPLICIT = "implicit"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed by the EHLO reply cache on every EHLO
 class SessionConfig:
     """What one SMTP session needs to know about its listener and the service's limits."""
 
