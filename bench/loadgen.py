@@ -70,6 +70,9 @@ class Result:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
+# What a session can run into and be counted for, instead of ending the run.
+FAILURES = (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError)
+
 _BODIES: dict[tuple[int, int], bytes] = {}
 
 
@@ -238,22 +241,28 @@ async def closed_loop_session(
     go: trio.Event,
     limiter: trio.CapacityLimiter,
 ) -> None:
+    """One session: log in, say so, wait for the start, send its messages; a failure counts."""
     user = load.users[index % len(load.users)]
     sender = f"{user}@{load.domain}"
-    conn: Connection | None = await open_session(load, user, result, limiter)
-    sent_here = 0
-    await ready.send(None)
-    await go.wait()
-    for k in range(load.messages):
-        if conn is None or (load.reconnect_every and sent_here >= load.reconnect_every):
-            if conn is not None:
-                await conn.close()
-            conn = await open_session(load, user, result, limiter)
-            sent_here = 0
-        await send_one(conn, load, sender, index * 1_000_000 + k, result)
-        sent_here += 1
-    if conn is not None:
-        await conn.close()
+    try:
+        conn: Connection | None = await open_session(load, user, result, limiter)
+        sent_here = 0
+        await ready.send(None)
+        await go.wait()
+        for k in range(load.messages):
+            if conn is None or (load.reconnect_every and sent_here >= load.reconnect_every):
+                if conn is not None:
+                    await conn.close()
+                conn = await open_session(load, user, result, limiter)
+                sent_here = 0
+            await send_one(conn, load, sender, index * 1_000_000 + k, result)
+            sent_here += 1
+        if conn is not None:
+            await conn.close()
+    except FAILURES as exc:
+        result.fail(type(exc).__name__ + ": " + str(exc)[:60])
+        if not go.is_set():
+            await ready.send(None)
 
 
 async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result:
@@ -268,7 +277,7 @@ async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result
     limiter = trio.CapacityLimiter(load.opening)
     async with trio.open_nursery() as nursery:
         for index in range(load.sessions):
-            nursery.start_soon(_guarded, load, index, result, ready, go, limiter)
+            nursery.start_soon(closed_loop_session, load, index, result, ready, go, limiter)
         for _ in range(load.sessions):
             await logged_in.receive()
         on_start()
@@ -276,22 +285,6 @@ async def run(load: Load, on_start: Callable[[], None] = lambda: None) -> Result
         go.set()
     result.wall = time.perf_counter() - start
     return result
-
-
-async def _guarded(
-    load: Load,
-    index: int,
-    result: Result,
-    ready: trio.MemorySendChannel[None],
-    go: trio.Event,
-    limiter: trio.CapacityLimiter,
-) -> None:
-    try:
-        await closed_loop_session(load, index, result, ready, go, limiter)
-    except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-        result.fail(type(exc).__name__ + ": " + str(exc)[:60])
-        if not go.is_set():
-            await ready.send(None)
 
 
 async def _open_loop(load: Load, result: Result, on_start: Callable[[], None]) -> None:
@@ -306,7 +299,7 @@ async def _open_loop(load: Load, result: Result, on_start: Callable[[], None]) -
         conn = await free.receive()
         try:
             await send_one(conn, load, conn.sender, n, result)
-        except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        except FAILURES as exc:
             result.fail(type(exc).__name__)
         finally:
             await pool.send(conn)
@@ -353,7 +346,7 @@ async def storm(load: Load, attempts: int) -> StormResult:
             else:
                 key = exc.line.decode(errors="replace").strip()[:40]
                 result.other[key] = result.other.get(key, 0) + 1
-        except (OSError, ConnectionError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        except FAILURES as exc:
             key = type(exc).__name__
             result.other[key] = result.other.get(key, 0) + 1
 
