@@ -66,7 +66,9 @@ class Queue(Protocol):
     @property
     def available(self) -> bool: ...
 
-    async def publish(self, submission: Submission, message: bytes) -> PubAck: ...
+    async def publish(
+        self, submission: Submission, message: bytes, prefix: bytes = b""
+    ) -> PubAck: ...
 
 
 @attrs.define(eq=False)
@@ -161,16 +163,16 @@ def _finish_message(
     parser: BytesFeedParser,
     rules: Rules,
     trace: Callable[[bytes], bytes],
-) -> tuple[Reply | None, bytes]:
+) -> tuple[Reply | None, bytes, bytes]:
     """The checks on a message whose chunks but the last were fed to `parser`: the reply that
-    refuses it, or None and the bytes to store (trace headers, then the message)."""
+    refuses it or None, the trace header lines to put before it, and the message."""
     if chunks:
         parser.feed(chunks[-1])
     message = b"".join(chunks)
     problem = check_message(message, rules, parser)
     if problem is not None:
-        return problem, b""
-    return None, trace(message) + message
+        return problem, b"", message
+    return None, trace(message), message
 
 
 @attrs.define(eq=False)
@@ -499,11 +501,11 @@ class Session:
         )
         if event.size <= INLINE_CHECK_LIMIT:
             # A few milliseconds at most: cheaper here than the ~250 us of a thread hand-off.
-            problem, payload = _finish_message(chunks, parser, rules, trace)
+            problem, trace_lines, message = _finish_message(chunks, parser, rules, trace)
         else:
             # A pure-Python parse holds the GIL, but in a thread it yields it to the event
-            # loop at every switch interval; the copies of megabytes go there too.
-            problem, payload = await trio.to_thread.run_sync(
+            # loop at every switch interval; the join of megabytes goes there too.
+            problem, trace_lines, message = await trio.to_thread.run_sync(
                 _finish_message, chunks, parser, rules, trace, limiter=self.gateway.checks
             )
         if problem is not None:
@@ -527,7 +529,7 @@ class Session:
         )
         started = trio.current_time()
         try:
-            ack = await self.gateway.upstream.publish(submission, payload)
+            ack = await self.gateway.upstream.publish(submission, message, prefix=trace_lines)
         except MessageTooLarge as exc:
             self.gateway.metrics.inc("messages_total", outcome="rejected", reply="552 5.3.4")
             log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))

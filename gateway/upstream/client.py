@@ -228,6 +228,7 @@ class NatsClient:
         payload: bytes,
         headers: wire.Headers = (),
         *,
+        prefix: bytes = b"",
         ready: bool = True,
         deadline: float | None = None,
     ) -> wire.Msg:
@@ -244,7 +245,7 @@ class NatsClient:
         if conn is None or (ready and not self._ready):
             raise UpstreamUnavailable("not connected to the NATS server")
         token = str(next(self._tokens))
-        pieces = wire.pub(subject, f"{self._inbox}.{token}", payload, headers)
+        pieces = wire.pub(subject, f"{self._inbox}.{token}", payload, headers, prefix)
         size = sum(map(len, pieces[1:-1]))
         limit = conn.info.get("max_payload")
         if isinstance(limit, int) and size > limit:

@@ -188,9 +188,13 @@ async def publish(
     submission: Submission,
     message: bytes,
     deadline: float | None = None,
+    prefix: bytes = b"",
 ) -> PubAck:
-    """Publish and wait for JetStream's acknowledgement, until `deadline` (trio time)."""
-    reply = await client.request(settings.subject, message, submission.headers(), deadline=deadline)
+    """Publish `prefix` + `message` and wait for JetStream's acknowledgement, until `deadline`
+    (trio time)."""
+    reply = await client.request(
+        settings.subject, message, submission.headers(), prefix=prefix, deadline=deadline
+    )
     try:
         ack = json.loads(reply.payload)
     except ValueError:
@@ -255,12 +259,14 @@ class Upstream:
             reconnects=client.reconnects,
         )
 
-    async def publish(self, submission: Submission, message: bytes) -> PubAck:
-        """Store `message`; return once JetStream acknowledged it, or raise UpstreamError."""
+    async def publish(self, submission: Submission, message: bytes, prefix: bytes = b"") -> PubAck:
+        """Store `prefix` + `message` (the trace headers, then the message as received: no copy
+        of megabytes to join them); return once JetStream acknowledged it, or raise
+        UpstreamError."""
         self._in_flight += 1
         deadline = trio.current_time() + self.ack_timeout
         try:
-            ack = await publish(self.client, self.settings, submission, message, deadline)
+            ack = await publish(self.client, self.settings, submission, message, deadline, prefix)
         except UpstreamTimeout:
             self._failed += 1
             raise UpstreamTimeout(

@@ -40,10 +40,10 @@ class MemoryQueue:
     available: bool = True
     messages: list[tuple[Submission, bytes]] = attrs.field(factory=list)
 
-    async def publish(self, submission: Submission, message: bytes) -> PubAck:
+    async def publish(self, submission: Submission, message: bytes, prefix: bytes = b"") -> PubAck:
         if not self.available:
             raise UpstreamUnavailable("not connected")
-        self.messages.append((submission, message))
+        self.messages.append((submission, prefix + message))
         return PubAck("MAIL", len(self.messages), False)
 
 

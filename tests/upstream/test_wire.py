@@ -189,3 +189,13 @@ def test_the_wire_format_imports_no_io() -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "json", "re", "typing", "attrs"}, imported
+
+
+def test_a_prefix_goes_before_the_payload_without_a_copy() -> None:
+    payload = b"the message\r\n"
+    pieces = wire.pub("s", "r", payload, (("A", "b"),), prefix=b"Received: x\r\n")
+    assert any(piece is payload for piece in pieces)  # the megabytes are not copied
+    assert b"".join(pieces) == (
+        b"HPUB s r 18 44\r\nNATS/1.0\r\nA: b\r\n\r\nReceived: x\r\nthe message\r\n\r\n"
+    )
+    assert b"".join(wire.pub("s", None, b"xy", prefix=b"p")) == b"PUB s 3\r\npxy\r\n"
