@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .policy import Rules, check, new_parser
+from .policy import Rules, check, header_section, new_parser
 from .trace import trace_headers
 
-__all__ = ["Rules", "check", "new_parser", "trace_headers"]
+__all__ = ["Rules", "check", "header_section", "new_parser", "trace_headers"]

@@ -13,7 +13,7 @@ import email.policy
 import functools
 import quopri
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.message import EmailMessage, Message
 from email.parser import BytesFeedParser
 
@@ -87,15 +87,18 @@ def new_parser() -> BytesFeedParser:
     return parser
 
 
-def check(message: bytes, rules: Rules, parser: BytesFeedParser | None = None) -> Reply | None:
+def check(
+    message: bytes | list[bytes], rules: Rules, parser: BytesFeedParser | None = None
+) -> Reply | None:
     """None if the message may go upstream, else the reply that refuses it.
 
-    `parser` is one that was fed the whole message already (see new_parser); without it the
-    message is parsed here.
+    The message may come as the chunks it arrived in: nothing here needs it in one piece (a
+    copy of megabytes). `parser` is one that was fed the whole message already (see
+    new_parser); without it the message is parsed here.
     """
-    end = message.find(b"\r\n\r\n")
-    header = message if end < 0 else message[: end + 2]
-    if b"\0" in message:
+    chunks = [message] if isinstance(message, bytes) else message
+    header = header_section(chunks)
+    if any(b"\0" in chunk for chunk in chunks):
         return replies.message_rejected("NUL character in the message")
     if not rules.smtputf8 and not header.isascii():
         return replies.message_rejected(
@@ -104,7 +107,8 @@ def check(message: bytes, rules: Rules, parser: BytesFeedParser | None = None) -
     if parser is None:
         # Any bytes at all may come here: the stock parser, line by line.
         parser = BytesFeedParser(policy=email.policy.default)
-        parser.feed(message)
+        for chunk in chunks:
+            parser.feed(chunk)
     parsed = parser.close()
     assert isinstance(parsed, EmailMessage)
     for defect in parsed.defects:
@@ -127,6 +131,19 @@ def check(message: bytes, rules: Rules, parser: BytesFeedParser | None = None) -
         if problem is not None:
             return problem
     return _check_parts(parsed, rules, depth=0, top=parsed)
+
+
+def header_section(chunks: list[bytes]) -> bytes:
+    """The header section of a message given in chunks, with the CRLF of its last line (the
+    whole message when no blank line ends it). Usually a slice of the first chunk."""
+    tail = b""
+    for k, chunk in enumerate(chunks):
+        # A blank line may straddle two chunks: three octets of the last one are enough.
+        if chunk.find(b"\r\n\r\n") >= 0 or (tail + chunk[:3]).find(b"\r\n\r\n") >= 0:
+            head = b"".join(chunks[: k + 1]) if k else chunk
+            return head[: head.find(b"\r\n\r\n") + 2]
+        tail = (tail + chunk[-3:])[-3:]
+    return b"".join(chunks)
 
 
 def _address_problem(msg: EmailMessage, name: str, rules: Rules) -> Reply | None:
@@ -211,15 +228,20 @@ def _check_parts(part: Message, rules: Rules, depth: int, top: Message) -> Reply
                     return problem
         return None
     raw = part.get_payload(decode=False)
-    body = raw.encode("ascii", "surrogateescape") if isinstance(raw, str) else b""
+    if not isinstance(raw, str):
+        raw = ""
     if encoding == "base64":
-        size = _base64_size(body)
+        # In slices: each C call holds the GIL, and the event loop waits for the longest.
+        size = _base64_size_of(
+            raw[i : i + BASE64_SLICE].encode("ascii", "surrogateescape")
+            for i in range(0, len(raw), BASE64_SLICE)
+        )
         if size is None:
             return replies.message_rejected(f"the base64 of a part {_describe(part)} is invalid")
     elif encoding == "quoted-printable":
-        size = len(quopri.decodestring(body))
+        size = len(quopri.decodestring(raw.encode("ascii", "surrogateescape")))
     else:
-        size = len(body)
+        size = len(raw)  # the parser read each octet as one code point
     if _is_attachment(part, top) and size > rules.max_attachment_size:
         return replies.attachment_too_big(_describe(part), rules.max_attachment_size)
     return None
@@ -229,26 +251,43 @@ _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _LINE_BREAKS = b"\r\n \t"
 
 
-def _base64_size(body: bytes) -> int | None:
-    """The decoded size of base64 `body`, or None if it is not base64 (RFC 2045 §6.8: line
-    breaks are ignored, anything else outside the alphabet is an error, "=" pads the end).
+BASE64_SLICE = 512 * 1024  # characters of a base64 part checked in one go
 
-    Validated without decoding: one translate pass removes the alphabet, and what is left
-    (line breaks and padding, a few octets a line) tells the rest. Decoding 4 MiB costs a
-    few times more, holding the GIL all along.
+
+def _base64_size(body: bytes, step: int = BASE64_SLICE) -> int | None:
+    """The decoded size of base64 `body`, or None if it is not base64 (RFC 2045 §6.8: line
+    breaks are ignored, anything else outside the alphabet is an error, "=" pads the end)."""
+    return _base64_size_of(body[i : i + step] for i in range(0, len(body), step))
+
+
+def _base64_size_of(pieces: Iterable[bytes]) -> int | None:
+    """_base64_size of a body given in consecutive pieces.
+
+    Validated without decoding: a translate pass removes the alphabet, and what is left (line
+    breaks and padding, a few octets a line) tells the rest. Decoding costs a few times more.
     """
-    rest = body.translate(None, _BASE64_ALPHABET)
-    pads = rest.count(b"=")
-    if rest.translate(None, _LINE_BREAKS + b"=") or pads > 2:
-        return None  # a character outside the alphabet, or too much padding
-    data = len(body) - len(rest)  # alphabet characters
-    if (data + pads) % 4:
-        return None
-    if pads:
-        # Padding ends the data: nothing but more padding and line breaks after the first "=".
-        first = body.find(b"=")
-        if body[first:].translate(None, _LINE_BREAKS + b"=") or data % 4 == 0:
+    octets = others = pads = 0
+    padded = False  # an "=" was seen: only padding and line breaks may follow
+    for piece in pieces:
+        rest = piece.translate(None, _BASE64_ALPHABET)
+        if rest.translate(None, _LINE_BREAKS + b"="):
+            return None  # a character outside the alphabet
+        if padded:
+            if len(rest) != len(piece):
+                return None  # data after the padding
+        elif b"=" in rest:
+            first = piece.find(b"=")
+            if piece[first:].translate(None, _LINE_BREAKS + b"="):
+                return None
+            padded = True
+        pads += rest.count(b"=")
+        if pads > 2:
             return None
+        octets += len(piece)
+        others += len(rest)
+    data = octets - others  # alphabet characters
+    if (data + pads) % 4 or (pads and data % 4 == 0):
+        return None
     return data * 3 // 4
 
 

@@ -19,7 +19,7 @@ import trio
 
 from ..auth import Authenticator, User
 from ..config import Config, Listener
-from ..message import Rules, new_parser, trace_headers
+from ..message import Rules, header_section, new_parser, trace_headers
 from ..message import check as check_message
 from ..metrics import Metrics
 from ..smtp import (
@@ -67,7 +67,7 @@ class Queue(Protocol):
     def available(self) -> bool: ...
 
     async def publish(
-        self, submission: Submission, message: bytes, prefix: bytes = b""
+        self, submission: Submission, message: bytes | list[bytes], prefix: bytes = b""
     ) -> PubAck: ...
 
 
@@ -163,16 +163,16 @@ def _finish_message(
     parser: BytesFeedParser,
     rules: Rules,
     trace: Callable[[bytes], bytes],
-) -> tuple[Reply | None, bytes, bytes]:
+) -> tuple[Reply | None, bytes]:
     """The checks on a message whose chunks but the last were fed to `parser`: the reply that
-    refuses it or None, the trace header lines to put before it, and the message."""
+    refuses it or None, and the trace header lines to put before it. The chunks are never
+    joined: each copy of megabytes holds the GIL, and the event loop waits for it."""
     if chunks:
         parser.feed(chunks[-1])
-    message = b"".join(chunks)
-    problem = check_message(message, rules, parser)
+    problem = check_message(chunks, rules, parser)
     if problem is not None:
-        return problem, b"", message
-    return None, trace(message), message
+        return problem, b""
+    return None, trace(header_section(chunks))
 
 
 @attrs.define(eq=False)
@@ -501,11 +501,11 @@ class Session:
         )
         if event.size <= INLINE_CHECK_LIMIT:
             # A few milliseconds at most: cheaper here than the ~250 us of a thread hand-off.
-            problem, trace_lines, message = _finish_message(chunks, parser, rules, trace)
+            problem, trace_lines = _finish_message(chunks, parser, rules, trace)
         else:
             # A pure-Python parse holds the GIL, but in a thread it yields it to the event
-            # loop at every switch interval; the join of megabytes goes there too.
-            problem, trace_lines, message = await trio.to_thread.run_sync(
+            # loop at every switch interval.
+            problem, trace_lines = await trio.to_thread.run_sync(
                 _finish_message, chunks, parser, rules, trace, limiter=self.gateway.checks
             )
         if problem is not None:
@@ -529,7 +529,8 @@ class Session:
         )
         started = trio.current_time()
         try:
-            ack = await self.gateway.upstream.publish(submission, message, prefix=trace_lines)
+            # The chunks as received, the trace lines before them: nothing joins megabytes.
+            ack = await self.gateway.upstream.publish(submission, chunks, prefix=trace_lines)
         except MessageTooLarge as exc:
             self.gateway.metrics.inc("messages_total", outcome="rejected", reply="552 5.3.4")
             log.info("message.rejected", code=552, enhanced="5.3.4", reason=str(exc))

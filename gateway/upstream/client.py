@@ -225,7 +225,7 @@ class NatsClient:
     async def request(
         self,
         subject: str,
-        payload: bytes,
+        payload: bytes | list[bytes],
         headers: wire.Headers = (),
         *,
         prefix: bytes = b"",

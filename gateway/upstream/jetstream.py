@@ -186,7 +186,7 @@ async def publish(
     client: NatsClient,
     settings: StreamSettings,
     submission: Submission,
-    message: bytes,
+    message: bytes | list[bytes],
     deadline: float | None = None,
     prefix: bytes = b"",
 ) -> PubAck:
@@ -259,10 +259,12 @@ class Upstream:
             reconnects=client.reconnects,
         )
 
-    async def publish(self, submission: Submission, message: bytes, prefix: bytes = b"") -> PubAck:
-        """Store `prefix` + `message` (the trace headers, then the message as received: no copy
-        of megabytes to join them); return once JetStream acknowledged it, or raise
-        UpstreamError."""
+    async def publish(
+        self, submission: Submission, message: bytes | list[bytes], prefix: bytes = b""
+    ) -> PubAck:
+        """Store `prefix` + `message` (the trace headers, then the message as received, in
+        pieces if it came so: nothing joins its megabytes); return once JetStream acknowledged
+        it, or raise UpstreamError."""
         self._in_flight += 1
         deadline = trio.current_time() + self.ack_timeout
         try:

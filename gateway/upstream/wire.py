@@ -258,14 +258,21 @@ def header_block(headers: Headers) -> bytes:
 
 
 def pub(
-    subject: str, reply: str | None, payload: bytes, headers: Headers = (), prefix: bytes = b""
+    subject: str,
+    reply: str | None,
+    payload: bytes | list[bytes],
+    headers: Headers = (),
+    prefix: bytes = b"",
 ) -> list[bytes]:
     """HPUB (with headers) or PUB: the pieces to write, payload not copied. The message is
-    `prefix` then `payload`: a few header lines before megabytes go without a copy of them."""
+    `prefix` then `payload`, which may come in pieces: a message as received, in its DATA
+    chunks, with a few header lines before it, goes out without a copy of its megabytes."""
     subj = _check_token(subject, "subject")
     rep = b" " + _check_token(reply, "reply subject") if reply else b""
-    body = [prefix, payload] if prefix else [payload]
-    size = len(prefix) + len(payload)
+    body = [payload] if isinstance(payload, bytes) else list(payload)
+    if prefix:
+        body.insert(0, prefix)
+    size = sum(map(len, body))
     if headers:
         block = header_block(headers)
         head = b"HPUB %s%s %d %d\r\n" % (subj, rep, len(block), len(block) + size)

@@ -40,10 +40,13 @@ class MemoryQueue:
     available: bool = True
     messages: list[tuple[Submission, bytes]] = attrs.field(factory=list)
 
-    async def publish(self, submission: Submission, message: bytes, prefix: bytes = b"") -> PubAck:
+    async def publish(
+        self, submission: Submission, message: bytes | list[bytes], prefix: bytes = b""
+    ) -> PubAck:
         if not self.available:
             raise UpstreamUnavailable("not connected")
-        self.messages.append((submission, prefix + message))
+        whole = message if isinstance(message, bytes) else b"".join(message)
+        self.messages.append((submission, prefix + whole))
         return PubAck("MAIL", len(self.messages), False)
 
 
