@@ -439,7 +439,8 @@ async def _main(args: argparse.Namespace) -> None:
         r = await run(load)
         nursery.cancel_scope.cancel()
     print(
-        f"{r.accepted} accepted, {r.failed} failed {r.errors or ''}, {r.connections} "
+        f"{r.accepted} accepted, {r.failed} failed{f' {r.errors}' if r.errors else ''}, "
+        f"{r.connections} "
         f"connections, {r.accepted / r.wall if r.wall else 0:.0f} msg/s, p50 "
         f"{r.percentile(50) * 1e3:.1f} ms, p99 {r.percentile(99) * 1e3:.1f} ms, worst NOOP "
         f"{probe.worst * 1e3:.1f} ms"
