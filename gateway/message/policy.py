@@ -254,14 +254,10 @@ _LINE_BREAKS = b"\r\n \t"
 BASE64_SLICE = 512 * 1024  # characters of a base64 part checked in one go
 
 
-def _base64_size(body: bytes, step: int = BASE64_SLICE) -> int | None:
-    """The decoded size of base64 `body`, or None if it is not base64 (RFC 2045 §6.8: line
-    breaks are ignored, anything else outside the alphabet is an error, "=" pads the end)."""
-    return _base64_size_of(body[i : i + step] for i in range(0, len(body), step))
-
-
 def _base64_size_of(pieces: Iterable[bytes]) -> int | None:
-    """_base64_size of a body given in consecutive pieces.
+    """The decoded size of a base64 body given in consecutive pieces, or None if it is not
+    base64 (RFC 2045 §6.8: line breaks are ignored, anything else outside the alphabet is an
+    error, "=" pads the end).
 
     Validated without decoding: a translate pass removes the alphabet, and what is left (line
     breaks and padding, a few octets a line) tells the rest. Decoding costs a few times more.

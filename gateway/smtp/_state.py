@@ -2,8 +2,8 @@
 
 When several rules refuse a command, the first of these answers (service.md, commands):
 (1) STARTTLS first, (2) HELO/EHLO first, (3) authentication, (4) order within the transaction,
-(5) syntax and parameters. `refusal()` applies (1) to (4), from a table built at import from
-`RULES`; the parsers apply (5).
+(5) syntax and parameters. `REFUSALS` applies (1) to (4): for each verb, the refusal for every
+combination of facts, built at import from `RULES`; the parsers apply (5).
 """
 
 from __future__ import annotations
@@ -127,8 +127,3 @@ REFUSALS: dict[str, tuple[Reply | None, ...]] = {
     for verb, rule in RULES.items()
 }
 REFUSALS_OF_UNKNOWN = tuple(_refusal("", None, facts) for facts in range(_FACT_COMBINATIONS))
-
-
-def refusal(verb: str, facts: int) -> Reply | None:
-    """The reply that refuses `verb` before its arguments are looked at, or None."""
-    return REFUSALS.get(verb, REFUSALS_OF_UNKNOWN)[facts]
