@@ -261,7 +261,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"| {row['scenario']} | {row['server']} | admitted {f['admitted']}, refused "
                 f"{f['refused_limit']} with 421 4.7.0, other {f['other'] or 0} | "
-                f"{f['cpu_ms']:.0f} ms CPU | | refusal p99 {f['refusal_p99_ms']:.1f} ms | | "
+                f"{f['cpu_ms']:.0f} ms CPU | | {_refusals(f['refusal_p99_ms'])} | | "
                 f"{f['peak_rss_mib']:.0f} MiB | | | {row['target']} |"
             )
             continue
@@ -274,6 +274,10 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['target']} |"
         )
     return lines
+
+
+def _refusals(p99_ms: float) -> str:
+    return "none refused" if math.isnan(p99_ms) else f"refusal p99 {p99_ms:.1f} ms"
 
 
 TARGET_RATIOS = {"small messages": 2.0, "connection churn": 1.5, "8 MiB messages": 4.0}
