@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.smtp import ConnectionClosed, DataChunk, Event, MessageComplete
 
-from .driver import AUTH, EHLO, IN_TXN, SUBMISSION, Transcript, b64, drive
+from .driver import AUTH, EHLO, IN_TXN, PLAINTEXT, SUBMISSION, Transcript, b64, drive
 
 VALID_SESSION = (
     EHLO
@@ -146,3 +147,66 @@ def test_dot_stuffing_round_trip(lines: list[bytes], cuts: list[int]) -> None:
     t = drive(split_at(IN_TXN + b"DATA\r\n" + stuffed + b".\r\nQUIT\r\n", cuts))
     assert t.messages == [message]
     assert t.codes[-2:] == [(250, "2.0.0"), (221, "2.0.0")]
+
+
+# --- DATA against a reference written line by line ----------------------------------------
+# The reader checks whole regions with bytes methods (counts, one translate, a stepping rfind);
+# this model says the same things the slow, obvious way. Small limits make long lines and
+# oversized messages common.
+SMALL_LIMITS = attrs.evolve(PLAINTEXT, max_text_line=12, max_message_size=150)
+
+
+def reference(body: bytes) -> tuple[bytes, set[str]]:
+    """The message a body before the final dot carries, and what is wrong with it."""
+    problems = set()
+    for i, octet in enumerate(body):
+        if octet == 0x0D and body[i + 1 : i + 2] != b"\n":
+            problems.add("bare")
+        if octet == 0x0A and body[i - 1 : i] != b"\r":
+            problems.add("bare")
+    message = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
+    if any(len(line) > SMALL_LIMITS.max_text_line for line in message.split(b"\r\n")):
+        problems.add("long")
+    if len(message) > SMALL_LIMITS.max_message_size:
+        problems.add("size")
+    return message, problems
+
+
+REASONS = {"bare": "bare CR or LF", "long": "line longer than", "size": "too big"}
+
+
+LINES = st.lists(
+    st.tuples(
+        st.sampled_from([b"", b"", b".", b".."]),  # a line-start dot, stuffed or not
+        st.integers(0, 16),  # octets of text: the limit is 12
+        st.sampled_from([b"", b"", b"", b"", b"", b"\r", b"\n"]),  # now and then a bare one
+        st.integers(0, 16),  # where it goes
+    ),
+    max_size=10,
+)
+
+
+@given(LINES, st.lists(st.integers(0, 200), max_size=8))
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_data_reader_agrees_with_a_line_by_line_reference(
+    lines: list[tuple[bytes, int, bytes, int]], cuts: list[int]
+) -> None:
+    body = b""
+    for dot, length, bare, at in lines:
+        text = dot + b"x" * length
+        text = text[:at] + bare + text[at:]
+        if text != b".":  # a lone dot would end the message
+            body += text + b"\r\n"
+    message, problems = reference(body)
+    t = drive(split_at(IN_TXN + b"DATA\r\n" + body + b".\r\nQUIT\r\n", cuts), SMALL_LIMITS)
+    [done] = [e for e in t.events if isinstance(e, MessageComplete)]
+    if not problems:
+        assert done.reply is None
+        assert bytes(t.data) == message
+        assert done.size == len(message)
+    else:
+        assert done.reply is not None
+        assert done.reply.code in (550, 552)
+        if len(problems) == 1:  # with several, the first region to show one decides
+            assert REASONS[problems.pop()] in done.reply.text
+    assert t.replies[-1].code == 221  # and the session goes on after the message
