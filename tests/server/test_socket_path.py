@@ -1,0 +1,140 @@
+"""A session on a plain TCP socket reads and writes the socket directly, without trio's stream
+layer: these tests hold it to what the stream layer guaranteed. Other sessions get their turn
+during a flood, a reply too big for the socket's buffer goes out whole and in order, a client
+that stops reading is still cut off, and a client that vanishes ends only its own session."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.server import session as session_module
+
+from .harness import PLAIN, Client, MemoryQueue, make_gateway, plain_auth
+
+BUFFER = 4 * 1024 * 1024
+
+
+def socket_pair(
+    server_send_buffer: int | None = None,
+) -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Connected client and server streams over a real socket pair."""
+    a, b = trio.socket.socketpair()
+    for sock in (a, b):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
+    if server_send_buffer is not None:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server_send_buffer)
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+def session_input(body: bytes) -> bytes:
+    return (
+        b"EHLO client.test\r\n"
+        + plain_auth()
+        + b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+        + body
+        + b".\r\nQUIT\r\n"
+    )
+
+
+async def test_a_flood_of_input_does_not_keep_other_tasks_waiting(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Everything the client will ever send is in the socket before the session starts, so
+    # every read finds data at once: only the session's own rule makes it yield.
+    events: list[int] = []  # octets read, and -1 for each wait on the socket
+    real_read, real_wait = os.read, trio.lowlevel.wait_readable
+    client_stream, server_stream = socket_pair()
+    server_fd = server_stream.socket.fileno()
+
+    def read(fd: int, n: int) -> bytes:
+        data: bytes = real_read(fd, n)
+        if fd == server_fd:
+            events.append(len(data))
+        return data
+
+    async def wait_readable(fd: int) -> None:
+        events.append(-1)
+        await real_wait(fd)
+
+    monkeypatch.setattr(os, "read", read)
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", wait_readable)
+    queue = MemoryQueue()
+    gateway = make_gateway(queue)
+    body = b"From: alice@example.com\r\nSubject: flood\r\n\r\n"
+    body += (b"y" * 510 + b"\r\n") * 1200  # about 600 KiB
+    await client_stream.send_all(session_input(body))
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    client = Client(client_stream)
+    codes = [(await client.reply()).code for _ in range(7)]
+    assert codes == [220, 250, 235, 250, 250, 354, 250]
+    assert (await client.reply()).code == 221
+    assert len(queue.messages) == 1
+    # The most read between two yields: a read or two, never the whole flood (about 600 KiB).
+    most = run = 0
+    for octets in events:
+        run = 0 if octets < 0 else run + octets
+        most = max(most, run)
+    assert sum(o for o in events if o > 0) > len(body)
+    assert most <= 128 * 1024
+    await client_stream.aclose()
+
+
+async def test_replies_bigger_than_the_socket_buffer_arrive_whole_and_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = make_gateway()
+    client_stream, server_stream = socket_pair(server_send_buffer=4096)
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    client = Client(client_stream)
+    assert (await client.reply()).code == 220
+    # Pipelined, and not read until all are sent: the server's writes meet a full buffer.
+    commands = [b"HELP\r\n", b"NOOP\r\n", b"VRFY someone\r\n"] * 700
+    await client.send(b"EHLO client.test\r\n" + b"".join(commands) + b"QUIT\r\n")
+    assert (await client.reply()).code == 250
+    codes = [(await client.reply()).code for _ in commands]
+    assert codes == [214, 250, 252] * 700
+    assert (await client.reply()).code == 221
+    assert await client.closed()
+    await client_stream.aclose()
+
+
+async def test_a_client_that_stops_reading_is_cut_off(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    gateway = make_gateway()
+    client_stream, server_stream = socket_pair(server_send_buffer=4096)
+    client_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    # A flood of HELP, never read: the replies fill both buffers and the server must wait.
+    await client_stream.send_all(b"EHLO client.test\r\n" + b"HELP\r\n" * 2000)
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 1
+    await trio.sleep(session_module.SECONDS * 31)  # the idle rule: 30 s
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 0
+    await client_stream.aclose()
+
+
+async def test_a_client_that_vanishes_ends_only_its_own_session(nursery: trio.Nursery) -> None:
+    gateway = make_gateway()
+    client_stream, server_stream = socket_pair()
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    client = Client(client_stream)
+    await client.login()
+    # Commands sent, then gone before the replies: the writes meet a closed socket.
+    await client.send(b"HELP\r\n" * 100)
+    await client_stream.aclose()
+    with trio.fail_after(5):
+        await gateway.wait_all_closed()
+    other_client, other_server = socket_pair()
+    nursery.start_soon(gateway.handle, other_server, PLAIN, "192.0.2.1:2")
+    other = Client(other_client)
+    await other.login()
+    assert (await other.command(b"NOOP")).code == 250
+    await other_client.aclose()
