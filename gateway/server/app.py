@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -25,6 +27,9 @@ from .session import Gateway
 log = structlog.get_logger()
 
 GIL_SWITCH_INTERVAL = 0.002  # seconds
+ACCEPT_RETRY = 0.1  # seconds to wait when accept fails for want of descriptors or memory
+# accept(2) failures that mean "out of something", not "this socket is broken"
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 @attrs.frozen
@@ -161,11 +166,9 @@ async def _listen(
     sessions: trio.Nursery,
 ) -> None:
     with scope:
-        await trio.serve_listeners(
-            partial(_accept, gateway, listener), sockets, handler_nursery=sessions
-        )
-    for sock in sockets:
-        await sock.aclose()
+        async with trio.open_nursery() as nursery:
+            for sock in sockets:
+                nursery.start_soon(_accept_loop, gateway, listener, sock, sessions)
     log.info("listener.closed", listener=listener.address)
 
 
@@ -192,11 +195,41 @@ def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+async def _accept_loop(
+    gateway: Gateway,
+    listener: Listener,
+    sock: trio.abc.Listener[trio.SocketStream],
+    sessions: trio.Nursery,
+) -> None:
+    """Accept connections on `sock` and start each one's session in `sessions`.
+
+    Not trio.serve_listeners: its handler wrapper is one more frame kept for the life of every
+    connection, and it closes every stream again after the session has (a cancel scope and a
+    task switch per connection). Every coroutine `_accept` returns closes its own stream.
+    """
+    async with sock:  # closed however the loop ends
+        while True:
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "listener.accept_failed",
+                    listener=listener.address,
+                    error=os.strerror(exc.errno),
+                )
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            sessions.start_soon(_accept, gateway, listener, stream)
+
+
 def _accept(
     gateway: Gateway, listener: Listener, stream: trio.SocketStream
 ) -> Coroutine[Any, Any, None]:
-    """The coroutine that serves a new connection. Not a coroutine function itself: a frame
-    of its own would be kept for the whole life of every connection."""
+    """The coroutine that serves a new connection, and closes it at the end. Not a coroutine
+    function itself: a frame of its own would be kept for the whole life of every
+    connection."""
     try:
         peer = stream.socket.getpeername()
     except OSError:  # gone already
@@ -219,11 +252,15 @@ async def _accept_proxied(
         await trio.aclose_forcefully(stream)
         return
     result: tuple[Header, bytes] | str = "no PROXY header in time"
-    with trio.move_on_after(gateway.config.limits.proxy_timeout):
-        try:
-            result = await read_header(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            result = "connection lost"
+    try:
+        with trio.move_on_after(gateway.config.limits.proxy_timeout):
+            try:
+                result = await read_header(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                result = "connection lost"
+    except BaseException:  # a shutdown's cancellation: nobody else will close it
+        await trio.aclose_forcefully(stream)
+        raise
     if isinstance(result, str):
         # A balancer's health check connects and closes: that is not worth a log line.
         level = log.debug if result == "closed without a byte" else log.warning
@@ -231,7 +268,7 @@ async def _accept_proxied(
         await trio.aclose_forcefully(stream)
         return
     header, rest = result
-    proxied = PrefixedStream(stream, rest)
+    proxied = PrefixedStream(stream, rest)  # the session closes it
     if header.client is None:  # LOCAL: the balancer's own connection, served as such
         await gateway.handle(proxied, listener, _format(host, port), quiet=True)
     else:

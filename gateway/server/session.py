@@ -267,8 +267,13 @@ class Session:
             log.exception("session.crash", client=self.client)  # caught above; belt and braces
         finally:
             gateway.connection_closed(self.listener)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+            if type(self.stream) is trio.SocketStream:
+                # Nothing left to say on plain TCP: the close itself never waits (aclose would
+                # add a cancel scope and a task switch to every connection's end).
+                self.stream.socket.close()
+            else:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.stream)
 
     @property
     def _hostname(self) -> str:

@@ -5,6 +5,7 @@ that stops reading is still cut off, and a client that vanishes ends only its ow
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -12,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.server import app
 from gateway.server import session as session_module
 
 from .harness import PLAIN, Client, MemoryQueue, make_gateway, plain_auth
@@ -138,3 +140,36 @@ async def test_a_client_that_vanishes_ends_only_its_own_session(nursery: trio.Nu
     await other.login()
     assert (await other.command(b"NOOP")).code == 250
     await other_client.aclose()
+
+
+class _OutOfDescriptorsOnce(trio.abc.Listener[trio.SocketStream]):
+    """A real listener whose first accept fails the way accept(2) does at the descriptor
+    limit: a fault a test cannot cause without starving its own process."""
+
+    def __init__(self, listener: trio.SocketListener) -> None:
+        self.listener = listener
+        self.failed = False
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+    async def accept(self) -> trio.SocketStream:
+        if not self.failed:
+            self.failed = True
+            await trio.lowlevel.checkpoint()
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return await self.listener.accept()
+
+
+async def test_accept_out_of_descriptors_waits_and_serves_on(nursery: trio.Nursery) -> None:
+    gateway = make_gateway()
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    flaky = _OutOfDescriptorsOnce(listener)
+    nursery.start_soon(app._accept_loop, gateway, PLAIN, flaky, nursery)
+    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.login()
+    assert flaky.failed
+    assert (await client.command(b"QUIT")).code == 221
+    assert await client.closed()  # the session closed its own socket
+    await client.stream.aclose()
