@@ -1,5 +1,6 @@
 """The only place that configures logging: structlog, one JSON object per line (or console
-rendering), and the standard library's records (trio-websocket's) in the same shape."""
+rendering), and the standard library's records (trio-websocket's) in the same shape on the
+same stream."""
 
 from __future__ import annotations
 
@@ -34,13 +35,12 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    # Our own events are rendered and written by structlog alone: through the standard
+    # library's logging (a LogRecord, a handler, a formatter) a line cost three times as much,
+    # and at the default level every message and connection writes a few.
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         cache_logger_on_first_use=True,
     )
