@@ -222,9 +222,11 @@ class ServerConnection:
 
     def next_event(self) -> Event | NeedData:
         """The next event, or NEED_DATA. Raises LocalProtocolError while a reply is owed."""
+        buf = self._buf
+        if not buf and self._taking_input and self._owed is None and not self._data_finished:
+            return NEED_DATA  # every byte read is used up: the commonest answer, decided first
         if self._state is _COMMAND and self._owed is None and not self._discarding:
             # The usual case, kept short: a command line within the plain limit.
-            buf = self._buf
             lf = buf.find(b"\n")
             if 0 <= lf < self._quick_line_limit:
                 line = bytes(buf[: lf - 1 if lf and buf[lf - 1] == 0x0D else lf])
