@@ -22,15 +22,19 @@ class User:
     name: str
     password_hash: str = attrs.field(repr=False)
     senders: tuple[str, ...]  # addresses, or "@domain" for every address of a domain
+    # The senders lowercased, for owns(): asked twice for every message (MAIL FROM, From:).
+    _lowered: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_lowered", frozenset(s.lower() for s in self.senders))
 
     def owns(self, address: str) -> bool:
         """Whether `address` is one of this user's senders (case-insensitive)."""
         local, at, domain = address.rpartition("@")
         if not at or not local:
             return False
-        lowered = address.lower()
-        domain = "@" + domain.lower()
-        return any(s.lower() in (lowered, domain) for s in self.senders)
+        lowered = self._lowered
+        return address.lower() in lowered or "@" + domain.lower() in lowered
 
 
 def check_sender(value: str) -> str:
