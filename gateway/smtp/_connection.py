@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from . import _grammar as grammar
 from . import _replies as replies
@@ -535,28 +536,24 @@ class ServerConnection:
         elif code in (501, 535):
             self.auth_failures += 1
 
-    def _after_rejected(self, owed: CommandEvent, reply: Reply) -> None:
-        assert isinstance(owed, Rejected)
+    def _after_rejected(self, owed: Rejected, reply: Reply) -> None:
         if owed.verb == "AUTH":
             self._after_auth(owed, reply)
 
-    def _after_hello(self, owed: CommandEvent, reply: Reply) -> None:
-        assert isinstance(owed, Hello)
+    def _after_hello(self, owed: Hello, reply: Reply) -> None:
         if reply.code == 250:
             self.helo_name = owed.name
             self.extended = owed.extended
             self._facts |= _state.GREETED
             self._reset_transaction()
 
-    def _after_mail(self, owed: CommandEvent, reply: Reply) -> None:
-        assert isinstance(owed, MailFrom)
+    def _after_mail(self, owed: MailFrom, reply: Reply) -> None:
         if reply.code == 250:
             self._mail = owed
             self._facts = self._facts & ~_PHASE_MASK | _IN_MAIL
 
-    def _after_rcpt(self, owed: CommandEvent, reply: Reply) -> None:
-        assert isinstance(owed, RcptTo)
-        if 250 <= reply.code <= 251:
+    def _after_rcpt(self, owed: RcptTo, reply: Reply) -> None:
+        if reply.code in (250, 251):
             if self._rcpts:
                 self._rcpts.append(owed.address)
             else:
@@ -579,8 +576,7 @@ class ServerConnection:
             self._state = _TLS_HANDSHAKE
             self._taking_input = False
 
-    def _after_answered(self, owed: CommandEvent, reply: Reply) -> None:
-        assert isinstance(owed, Answered)
+    def _after_answered(self, owed: Answered, reply: Reply) -> None:
         if reply.code // 100 != 2:
             return
         if owed is _RSET:
@@ -646,7 +642,8 @@ _DISPATCH: dict[
     for spelling in (verb.encode(), verb.lower().encode())
 }
 
-_AFTER: dict[type, Callable[[ServerConnection, CommandEvent, Reply], None]] = {
+# Each function takes the event of its key's type: the dict is the type check.
+_AFTER: dict[type, Callable[[ServerConnection, Any, Reply], None]] = {
     Hello: ServerConnection._after_hello,
     StartTls: ServerConnection._after_starttls,
     AuthChallenge: ServerConnection._after_auth,
