@@ -230,16 +230,25 @@ def _check_parts(part: Message, rules: Rules, depth: int, top: Message) -> Reply
     raw = part.get_payload(decode=False)
     if not isinstance(raw, str):
         raw = ""
-    if encoding == "base64":
+    if not raw.isascii():
+        # 8-bit octets, which get_payload() hands back decoded with the part's charset: no
+        # longer one character per octet, and not what base64 or quoted-printable may hold.
+        if encoding in ("base64", "quoted-printable"):
+            return replies.message_rejected(
+                f"the {encoding} of a part {_describe(part)} has 8-bit octets"
+            )
+        octets = part.get_payload(decode=True)  # the octets as received, for 7bit/8bit/binary
+        size = len(octets) if isinstance(octets, bytes) else len(raw.encode())
+    elif encoding == "base64":
         # In slices: each C call holds the GIL, and the event loop waits for the longest.
-        size = _base64_size_of(
-            raw[i : i + BASE64_SLICE].encode("ascii", "surrogateescape")
-            for i in range(0, len(raw), BASE64_SLICE)
+        decoded = _base64_size_of(
+            raw[i : i + BASE64_SLICE].encode("ascii") for i in range(0, len(raw), BASE64_SLICE)
         )
-        if size is None:
+        if decoded is None:
             return replies.message_rejected(f"the base64 of a part {_describe(part)} is invalid")
+        size = decoded
     elif encoding == "quoted-printable":
-        size = len(quopri.decodestring(raw.encode("ascii", "surrogateescape")))
+        size = len(quopri.decodestring(raw.encode("ascii")))
     else:
         size = len(raw)  # the parser read each octet as one code point
     if _is_attachment(part, top) and size > rules.max_attachment_size:

@@ -205,6 +205,38 @@ BAD = {
     ),
     "From that does not parse": (mail(b"From: <<<>>>\r\n"), 550, "5.6.0", "From header"),
     "NUL": (mail(b"From: alice@example.com\r\n", b"a\x00b\r\n"), 550, "5.6.0", "NUL"),
+    "8-bit octets in quoted-printable": (
+        multipart(
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf\xc3\xa9 =C3=A9\r\n"
+        ),
+        550,
+        "5.6.0",
+        "quoted-printable of a part",
+    ),
+    "8-bit octets in base64": (
+        multipart(
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+            b"\r\nY2Fm\xc3\xa9\r\n"
+        ),
+        550,
+        "5.6.0",
+        "base64 of a part",
+    ),
+    # Counted in octets, not in the characters its charset makes of them: 4 MiB + 2 octets of
+    # three-octet characters is under 1.4 million characters.
+    "8-bit attachment over 4 MiB in octets": (
+        multipart(
+            TEXT,
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            b'Content-Disposition: attachment; filename="big.txt"\r\n\r\n'
+            + ("\u20ac" * 99 + "\r\n").encode()
+            * (4 * MiB // 299 + 1),
+        ),
+        552,
+        "5.3.4",
+        "big.txt",
+    ),
 }
 
 
@@ -320,3 +352,27 @@ def test_trace_tokens_are_safe_whatever_the_client_sends(text: str) -> None:
     assert token
     assert len(token) <= trace.MAX_TOKEN
     assert all(0x21 <= ord(c) <= 0x7E and c not in "()\\" for c in token)
+
+
+CHARSETS = st.sampled_from([b"", b"; charset=utf-8", b"; charset=iso-8859-1", b"; charset=bogus"])
+ENCODINGS = st.sampled_from([b"7bit", b"8bit", b"binary", b"base64", b"quoted-printable"])
+
+
+@given(st.binary(max_size=200), CHARSETS, ENCODINGS, st.booleans())
+def test_no_part_body_makes_the_check_raise(
+    body: bytes, charset: bytes, encoding: bytes, as_attachment: bool
+) -> None:
+    body = body.replace(b"\r", b"").replace(b"\n", b"\r\n").replace(b"\x00", b"")
+    part = (
+        b"Content-Type: text/plain"
+        + charset
+        + b"\r\nContent-Transfer-Encoding: "
+        + encoding
+        + b"\r\n"
+        + (b"Content-Disposition: attachment\r\n" if as_attachment else b"")
+        + b"\r\n"
+        + body
+        + b"\r\n"
+    )
+    reply = check(multipart(TEXT, part), RULES)
+    assert reply is None or reply.code in (550, 552)

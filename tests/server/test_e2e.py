@@ -297,6 +297,12 @@ REJECTED_OVER_THE_WIRE = {
         552,
         "5.3.4",
     ),
+    "8-bit octets in quoted-printable": (
+        b"From: alice@example.com\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf\xc3\xa9\r\n",
+        550,
+        "5.6.0",
+    ),
 }
 
 
