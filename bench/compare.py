@@ -68,6 +68,7 @@ class Scenario:
     target: str = ""  # the figure, for the report
     stall_probe: bool = False
     storm: int = 0
+    fsync: bool = True  # False: this scenario's upstream acknowledges before fsync in any run
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -78,6 +79,11 @@ def scenarios(quick: bool) -> list[Scenario]:
             "small messages, 50 sessions",
             Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q),
             "gateway >= 2x aiosmtpd",
+        ),
+        Scenario(
+            "small messages, 50 sessions, upstream without fsync (for comparison)",
+            Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q),
+            fsync=False,
         ),
         Scenario(
             "500 sessions",
@@ -125,8 +131,10 @@ def scenarios(quick: bool) -> list[Scenario]:
 
 
 @asynccontextmanager
-async def gateway_server(directory: Path, starttls: bool) -> AsyncIterator[tuple[int, int, str]]:
-    async with nats_server(directory, cpus="1", sync_always=FSYNC[0]) as url:
+async def gateway_server(
+    directory: Path, starttls: bool, fsync: bool = True
+) -> AsyncIterator[tuple[int, int, str]]:
+    async with nats_server(directory, cpus="1", sync_always=fsync and FSYNC[0]) as url:
         port = write_gateway(
             directory,
             USERS,
@@ -164,8 +172,12 @@ async def measure(server: str, scenario: Scenario, starttls: bool) -> dict[str, 
     load = attrs.evolve(scenario.load, starttls=starttls)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        factory = gateway_server if server == "gateway" else peer_server
-        async with factory(directory, starttls) as (port, pid, url):
+        servers = (
+            gateway_server(directory, starttls, scenario.fsync)
+            if server == "gateway"
+            else peer_server(directory, starttls)
+        )
+        async with servers as (port, pid, url):
             load.port = port
             began = time.perf_counter()
             if scenario.storm:
