@@ -4,6 +4,7 @@ queue, never an internal error (421)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -74,6 +75,11 @@ def dot_stuffed(message: bytes) -> bytes:
     return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
 
 
+@pytest.mark.parametrize(
+    "mail_from",
+    [b"MAIL FROM:<alice@example.com>", b"MAIL FROM:<alice@example.com> SMTPUTF8 BODY=8BITMIME"],
+    ids=["ascii", "smtputf8"],
+)
 @given(
     st.sampled_from(FROMS),
     st.sampled_from([b"", *CONTENT_TYPES]),
@@ -87,6 +93,7 @@ def dot_stuffed(message: bytes) -> bytes:
 @example(FROMS[0], b'Content-Type: text/plain; charset="utf-8"', ENCODINGS[1], [], [b"caf\xc3\xa9"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 async def test_every_upload_gets_250_or_a_5xx_and_the_session_goes_on(
+    mail_from: bytes,
     sender: bytes,
     content_type: bytes,
     encoding: bytes,
@@ -102,7 +109,7 @@ async def test_every_upload_gets_250_or_a_5xx_and_the_session_goes_on(
     async with trio.open_nursery() as nursery:
         client = await connect(nursery, gateway)
         await client.login()
-        assert (await client.command(b"MAIL FROM:<alice@example.com>")).code == 250
+        assert (await client.command(mail_from)).code == 250
         assert (await client.command(b"RCPT TO:<bob@example.net>")).code == 250
         assert (await client.command(b"DATA")).code == 354
         reply = await client.command(dot_stuffed(message) + b".")
