@@ -306,8 +306,12 @@ def parse(document: dict[str, Any], base: Path, source: Path | None = None) -> C
         for key, value in (("certificate", tls.certificate), ("private_key", tls.private_key)):
             if value is None:
                 problems.append(f"tls.{key}: required by a listener with TLS")
-            elif not value.is_file():
-                problems.append(f"tls.{key}: no such file: {value}")
+                continue
+            try:
+                if not value.is_file():
+                    problems.append(f"tls.{key}: no such file: {value}")
+            except OSError as exc:  # a name too long for the file system, say
+                problems.append(f"tls.{key}: cannot be read: {exc.strerror}: {value}")
     seen: set[tuple[str, int]] = set()
     for listener in listeners:
         if listener.port and (listener.host, listener.port) in seen:

@@ -111,6 +111,15 @@ def test_each_problem_names_its_key(document: dict[str, Any], expected: str) -> 
     assert any(expected in p for p in found), found
 
 
+def test_a_file_name_the_file_system_refuses_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    document = {
+        "tls": {"certificate": "c" * 300 + ".pem", "private_key": "key.pem"},
+        "listener": [{"address": "127.0.0.1:587"}],
+    }
+    found = problems(document, tmp_path)
+    assert any(p.startswith("tls.certificate: cannot be read: File name too long") for p in found)
+
+
 def test_every_problem_is_reported_at_once() -> None:
     found = problems({"limits": {"idle_timeout": -1, "drain_timeout": "x"}, "extra": 1})
     assert len(found) == 3
