@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.auth import Authenticator, User, UserStore, hash_password, threaded_verifier
+from gateway.auth import (
+    Authenticator,
+    User,
+    UserStore,
+    hash_password,
+    threaded_verifier,
+    verify_password,
+)
 from gateway.auth.authenticator import Verifier
 
 COMMAND = [sys.executable, "-m", "gateway", "users"]
@@ -81,12 +88,38 @@ def test_bad_input_is_refused_with_a_reason(
     assert not (tmp_path / "users.toml").exists()
 
 
-def test_a_broken_users_file_is_one_clear_line(tmp_path: Path) -> None:
-    (tmp_path / "users.toml").write_text('[users.alice]\npassword = "plain"\n')
+@pytest.mark.parametrize(
+    "password",
+    [
+        "plain",
+        "scrypt$1000$8$1$AAAA$AAAA",  # n not a power of 2: hashlib would raise at every login
+        "scrypt$16384$8$1$AAAA$",  # no key
+        "scrypt$16384$8$1$!!!!$AAAA",  # salt not base64
+        "scrypt$16384$0$1$AAAA$AAAA",
+    ],
+)
+def test_a_broken_users_file_is_one_clear_line(tmp_path: Path, password: str) -> None:
+    (tmp_path / "users.toml").write_text(f'[users.alice]\npassword = "{password}"\n')
     done = users(tmp_path, "list")
     assert done.returncode == 1
     assert "users.alice.password: expected a scrypt hash" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_users_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "users.toml").write_bytes(b'[users.alice]\npassword = "\xff"\n')
+    done = users(tmp_path, "list")
+    assert done.returncode == 1
+    assert "not UTF-8" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["scrypt$1000$8$1$AAAA$AAAA", "scrypt$16384$8$1$AAAA$", "scrypt$x", "", "bcrypt$1$2$3$4$5"],
+)
+def test_a_malformed_hash_never_matches_and_never_raises(stored: str) -> None:
+    assert verify_password(stored, "pw") is False
 
 
 @pytest.mark.parametrize(

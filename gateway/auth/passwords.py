@@ -37,22 +37,34 @@ def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
     return f"{SCHEME}${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
 
 
-def verify_password(stored: str, password: str) -> bool:
-    """Whether `password` matches `stored`, compared in constant time. Blocks for the hash's
-    duration: run it off the event loop."""
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """n, r, p, salt and key of `scrypt$n$r$p$salt$key`, or None unless hashlib can check it
+    (n a power of 2, parameters within bounds, salt and key non-empty base64)."""
     try:
         scheme, n_s, r_s, p_s, salt_s, key_s = stored.split("$")
         n, r, p = int(n_s), int(r_s), int(p_s)
-        salt, key = base64.b64decode(salt_s), base64.b64decode(key_s)
-    except ValueError:
+        salt = base64.b64decode(salt_s, validate=True)
+        key = base64.b64decode(key_s, validate=True)
+    except ValueError:  # binascii.Error included
+        return None
+    if scheme != SCHEME or not (1 < n <= 2**20 and n & (n - 1) == 0):
+        return None
+    if not (0 < r <= 32 and 0 < p <= 16 and salt and key):
+        return None
+    return n, r, p, salt, key
+
+
+def verify_password(stored: str, password: str) -> bool:
+    """Whether `password` matches `stored`, compared in constant time; never for a malformed
+    hash. Blocks for the hash's duration: run it off the event loop."""
+    parsed = parse_hash(stored)
+    if parsed is None:
         return False
-    if scheme != SCHEME or not (1 < n <= 2**20 and 0 < r <= 32 and 0 < p <= 16):
-        return False
+    n, r, p, salt, key = parsed
     candidate = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=len(key), maxmem=256 * n * r
     )
     return hmac.compare_digest(candidate, key)
 
 
-# Verified against when the user does not exist, so that unknown users cost the same time.
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))

@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from ..smtp._grammar import parse_mailbox
+from .passwords import parse_hash
 
 
 class UsersFileError(Exception):
@@ -66,11 +67,13 @@ class UserStore:
     def load(cls, path: Path) -> UserStore:
         """The users in `path`; an empty store if it does not exist."""
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return cls()
         except OSError as exc:
             raise UsersFileError(f"{path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UsersFileError(f"{path}: not UTF-8 text (octet {exc.start})") from None
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -85,7 +88,7 @@ class UserStore:
                 raise UsersFileError(f"{where}: expected a table")
             password = entry.get("password")
             senders = entry.get("senders", [])
-            if not isinstance(password, str) or not password.startswith("scrypt$"):
+            if not isinstance(password, str) or parse_hash(password) is None:
                 raise UsersFileError(f"{where}.password: expected a scrypt hash")
             if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
                 raise UsersFileError(f"{where}.senders: expected a list of addresses")
@@ -107,7 +110,7 @@ class UserStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("".join(lines))
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
