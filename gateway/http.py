@@ -53,11 +53,11 @@ async def _respond(
                 (b"connection", b"close"),
             ]
             out = conn.send(h11.Response(status_code=status, headers=headers))
-            if event.method == b"GET":
+            if event.method != b"HEAD":  # a 404 or 405 has its body too
                 out += conn.send(h11.Data(data=data))
             out += conn.send(h11.EndOfMessage())
             await stream.send_all(out)
-        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
 
@@ -66,6 +66,10 @@ async def _handle(
 ) -> None:
     try:
         await _respond(stream, routes)
+    except Exception:
+        # An exception here would end serve_listeners, and the node with it: one odd request
+        # to the health port must never do that.
+        log.exception("http.error")
     finally:
         await trio.aclose_forcefully(stream)
 
