@@ -74,15 +74,12 @@ class Scenario:
 def scenarios(quick: bool) -> list[Scenario]:
     q = 4 if quick else 1
     users = USERS
+    small = Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q)  # measure() copies it
     return [
-        Scenario(
-            "small messages, 50 sessions",
-            Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q),
-            "gateway >= 2x aiosmtpd",
-        ),
+        Scenario("small messages, 50 sessions", small, "gateway >= 2x aiosmtpd"),
         Scenario(
             "small messages, 50 sessions, upstream without fsync (for comparison)",
-            Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q),
+            small,
             fsync=False,
         ),
         Scenario(
