@@ -21,6 +21,8 @@ import outcome
 import structlog
 import trio
 import trio_websocket
+import wsproto.connection
+import wsproto.events
 
 from . import wire
 from .errors import (
@@ -36,9 +38,10 @@ log = structlog.get_logger()
 SECONDS = 1.0
 MAX_FRAME = 64 * 1024 * 1024  # octets a frame from the server may have (trio-websocket: 1 MiB)
 RECEIVE_BUFFER = 64 * 1024  # octets per read: the 4 KiB default is about 4x slower on big mail
-# Octets per frame: wsproto masks a frame in one call on the event loop (about 3 ms per
-# 512 KiB here), so this bounds the stall a big publish causes. 256 KiB frames cost a third
-# of the 8 MiB throughput (bench/bench_upstream.py); 512 KiB ones nothing measurable.
+# Octets per frame: wsproto writes (and, where the server wants masked frames, masks: about
+# 3 ms per 512 KiB here) a frame in one call on the event loop, so this bounds the stall a big
+# publish causes. 256 KiB frames cost a third of the 8 MiB throughput (bench/bench_upstream.py);
+# 512 KiB ones nothing measurable.
 COALESCE_LIMIT = 512 * 1024
 PING_INTERVAL = 20 * SECONDS
 MAX_PINGS_OUT = 2  # unanswered PINGs before the connection counts as dead
@@ -47,6 +50,51 @@ CLOSE_TIMEOUT = 2 * SECONDS  # trio-websocket would wait 60 s on a dead peer
 BACKOFF_FIRST = 0.1 * SECONDS
 BACKOFF_MAX = 5 * SECONDS
 SWEEP_MAX = 0.25 * SECONDS  # the longest the deadline sweeper sleeps between looks
+
+
+# nats-server (2.2 and later) reads a client's frames unmasked after this header in the
+# upgrade request, and says so by echoing it in its 101 answer. Masking (RFC 6455 §5.3) guards
+# proxies' caches against scripts in a browser; a server-to-server link has none of that.
+NO_MASKING = (b"Nats-No-Masking", b"true")
+
+
+def _unmask(connection: object) -> bool:
+    """Make a wsproto connection send unmasked frames; whether that could be done.
+
+    wsproto masks every frame a client sends and has no switch for it: its frame writer's
+    `client` flag is what decides, and the frame reader keeps its own (frames from the server
+    must still come unmasked).
+    """
+    proto = getattr(connection, "_proto", None)
+    if not isinstance(getattr(proto, "client", None), bool):
+        return False
+    proto.client = False  # type: ignore[union-attr]
+    return True
+
+
+def _unmasking_works() -> bool:
+    """Whether this wsproto's frames really go out unmasked after `_unmask`: tried once on a
+    connection of its own, so that another wsproto never has us promise the server unmasked
+    frames and then send masked ones (which it would read as garbage)."""
+    connection = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
+    if not _unmask(connection):
+        return False
+    frame = connection.send(wsproto.events.BytesMessage(data=b"probe"))
+    return frame[1:] == b"\x05probe"  # length 5, no mask bit, no masking key
+
+
+UNMASKING_WORKS = _unmasking_works()
+
+
+def _stop_masking_if_agreed(ws: trio_websocket.WebSocketConnection) -> bool:
+    """Send unmasked frames from now on if the server echoed NO_MASKING; whether it did."""
+    agreed = any(
+        name.lower() == NO_MASKING[0].lower() and value.strip().lower() == NO_MASKING[1]
+        for name, value in ws.handshake_headers
+    )
+    if agreed and not _unmask(ws._wsproto.connection):
+        raise AssertionError("wsproto changed between the check and its use")
+    return agreed
 
 
 # What ends a connection without being a bug: the client reconnects after these.
@@ -131,6 +179,7 @@ class _Connection:
 
     ws: trio_websocket.WebSocketConnection
     info: dict[str, Any]
+    masked: bool  # whether the frames we send are masked (see NO_MASKING)
     _outbox: list[bytes] = attrs.field(factory=list)
     _wake_writer: trio.Event = attrs.field(factory=trio.Event)
     pings_out: int = 0
@@ -148,9 +197,9 @@ class _Connection:
                 frame: list[bytes] = []
                 size = 0
                 for piece in batch:
-                    # Frames of at most COALESCE_LIMIT: wsproto masks each frame in one call
-                    # on the event loop (52 ms for 8 MiB here); NATS reads the frames' bytes
-                    # as one stream, so an operation may span frames.
+                    # Frames of at most COALESCE_LIMIT: wsproto writes each frame in one call
+                    # on the event loop (masking 8 MiB takes 52 ms here); NATS reads the
+                    # frames' bytes as one stream, so an operation may span frames.
                     for start in range(0, len(piece), COALESCE_LIMIT) if piece else (0,):
                         part = piece[start : start + COALESCE_LIMIT]
                         if frame and size + len(part) > COALESCE_LIMIT:
@@ -178,6 +227,9 @@ class NatsClient:
     on_connect: Callable[[NatsClient], Awaitable[None]] | None = None
     ping_interval: float = PING_INTERVAL
     connect_timeout: float = CONNECT_TIMEOUT
+    # Ask the server to take unmasked frames (it says yes by echoing the header): masking
+    # every octet sent is a fifth of the CPU an 8 MiB message costs the gateway.
+    unmasked: bool = True
     _conn: _Connection | None = None
     _ready: bool = False
     _waiters: dict[str, _Waiter] = attrs.field(factory=dict)
@@ -326,6 +378,7 @@ class NatsClient:
                         url=_redacted(self.url),
                         server_version=conn.info.get("version"),
                         max_payload=conn.info.get("max_payload"),
+                        frames_masked=conn.masked,
                     )
                     if first:
                         first = False
@@ -379,10 +432,12 @@ class NatsClient:
                         max_message_size=MAX_FRAME,
                         message_queue_size=64,
                         receive_buffer_size=RECEIVE_BUFFER,
+                        extra_headers=[NO_MASKING] if self.unmasked and UNMASKING_WORKS else None,
                     )
+                    masked = not (self.unmasked and UNMASKING_WORKS and _stop_masking_if_agreed(ws))
                     parser = wire.Parser()
                     info = await self._handshake(ws, parser, credentials)
-                conn = _Connection(ws, info)
+                conn = _Connection(ws, info, masked)
                 self._conn = conn
                 # Our tasks get their own scope: stopped before the socket closes, so closing
                 # it is not reported as a lost connection on top of why we close it.
