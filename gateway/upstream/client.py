@@ -173,6 +173,15 @@ def _redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def frame_header(size: int) -> bytes:
+    """The header of one final, unmasked binary frame of `size` octets (RFC 6455 §5.2)."""
+    if size < 126:
+        return bytes((0x82, size))
+    if size < 1 << 16:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big")
+    return bytes((0x82, 127)) + size.to_bytes(8, "big")
+
+
 @attrs.define(eq=False)
 class _Connection:
     """One live WebSocket connection and its writer's queue."""
@@ -180,6 +189,9 @@ class _Connection:
     ws: trio_websocket.WebSocketConnection
     info: dict[str, Any]
     masked: bool  # whether the frames we send are masked (see NO_MASKING)
+    # The stream under `ws`, written directly when frames go unmasked: wsproto would copy a
+    # frame five times on its way out: 7.4-9.3 ms of CPU per 8 MiB published, against 5-7.
+    stream: trio.abc.Stream | None = None
     _outbox: list[bytes] = attrs.field(factory=list)
     _wake_writer: trio.Event = attrs.field(factory=trio.Event)
     pings_out: int = 0
@@ -187,6 +199,21 @@ class _Connection:
     def write(self, pieces: list[bytes]) -> None:
         self._outbox.extend(pieces)
         self._wake_writer.set()
+
+    async def _send_frame(self, parts: list[bytes], size: int) -> None:
+        lock = getattr(self.ws, "_stream_lock", None)
+        if self.masked or self.stream is None or not isinstance(lock, trio.StrictFIFOLock):
+            await self.ws.send_message(b"".join(parts))
+            return
+        # As trio-websocket's own send: its lock keeps our frames and its control frames
+        # (a pong, the close) whole, and nothing follows a close.
+        if self.ws.closed is not None:
+            raise trio_websocket.ConnectionClosed(self.ws.closed)
+        async with lock:
+            try:
+                await self.stream.send_all(b"".join([frame_header(size), *parts]))
+            except trio.ClosedResourceError:
+                raise trio.BrokenResourceError("the upstream stream was closed") from None
 
     async def writer(self) -> None:
         while True:
@@ -203,12 +230,12 @@ class _Connection:
                     for start in range(0, len(piece), COALESCE_LIMIT) if piece else (0,):
                         part = piece[start : start + COALESCE_LIMIT]
                         if frame and size + len(part) > COALESCE_LIMIT:
-                            await self.ws.send_message(b"".join(frame))
+                            await self._send_frame(frame, size)
                             frame, size = [], 0
                         frame.append(part)
                         size += len(part)
                 if frame:
-                    await self.ws.send_message(b"".join(frame))
+                    await self._send_frame(frame, size)
 
 
 @attrs.define(eq=False)
@@ -437,7 +464,7 @@ class NatsClient:
                     masked = not (self.unmasked and UNMASKING_WORKS and _stop_masking_if_agreed(ws))
                     parser = wire.Parser()
                     info = await self._handshake(ws, parser, credentials)
-                conn = _Connection(ws, info, masked)
+                conn = _Connection(ws, info, masked, stream)
                 self._conn = conn
                 # Our tasks get their own scope: stopped before the socket closes, so closing
                 # it is not reported as a lost connection on top of why we close it.

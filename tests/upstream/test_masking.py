@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+import wsproto.connection
+import wsproto.events
 
 from gateway.upstream import NatsClient, StreamSettings, Submission, SubmissionDigest, Upstream
 from gateway.upstream import client as nats_client
@@ -160,3 +162,15 @@ def test_a_wsproto_without_the_expected_layout_is_left_masking() -> None:
         pass
 
     assert not nats_client._unmask(Unknown())
+
+
+def test_frame_header_is_the_one_wsproto_writes_for_an_unmasked_frame() -> None:
+    for size in (0, 1, 125, 126, 127, 65535, 65536, 65537, 512 * 1024, 2**32 + 5):
+        # A server's frames are unmasked: wsproto's own writer is the reference.
+        server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+        payload = b"x" * min(size, 70000)
+        expected = server.send(wsproto.events.BytesMessage(data=payload))
+        if size == len(payload):
+            assert nats_client.frame_header(size) + payload == expected, size
+        else:  # too big to build: the length field alone, as wsproto encodes it
+            assert nats_client.frame_header(size) == bytes((0x82, 127)) + size.to_bytes(8, "big")
