@@ -154,7 +154,11 @@ def _users(args: argparse.Namespace, config: Config) -> int:
         return 0
     try:
         name = check_name(args.name)
-        senders = tuple(check_sender(s) for s in args.sender)
+        # Each address once, as first given: ownership ignores case, so the list does too.
+        unique: dict[str, str] = {}
+        for sender in args.sender:
+            unique.setdefault(check_sender(sender).lower(), sender)
+        senders = tuple(unique.values())
         password = _read_password()
         if not password:
             raise ValueError("an empty password is refused")

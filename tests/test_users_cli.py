@@ -65,6 +65,9 @@ def test_add_list_update_remove(tmp_path: Path) -> None:
     assert trio.run(Authenticator(store).verify, "alice", "first secret") is None
     assert users(tmp_path, "remove", "bob").returncode == 0
     assert users(tmp_path, "list").stdout == "alice a@example.com\n"
+    twice = ["dave@example.com", "@x.example", "Dave@Example.com"]
+    users(tmp_path, "add", "dave", *(f"--sender={s}" for s in twice), password="d")
+    assert "dave dave@example.com @x.example\n" in users(tmp_path, "list").stdout
     missing = users(tmp_path, "remove", "bob")
     assert missing.returncode == 1
     assert "no user 'bob'" in missing.stderr
