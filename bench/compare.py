@@ -174,6 +174,7 @@ async def measure(server: str, scenario: Scenario, starttls: bool) -> dict[str, 
             if server == "gateway"
             else peer_server(directory, starttls)
         )
+        speed = [machine.calibration_us()]
         async with servers as (port, pid, url):
             load.port = port
             began = time.perf_counter()
@@ -181,6 +182,7 @@ async def measure(server: str, scenario: Scenario, starttls: bool) -> dict[str, 
                 cpu0 = cpu_seconds(pid)
                 s = await storm(load, scenario.storm)
                 return {
+                    "machine_us": [*speed, machine.calibration_us()],
                     "admitted": s.admitted,
                     "refused_limit": s.refused_limit,
                     "other": s.other,
@@ -197,6 +199,7 @@ async def measure(server: str, scenario: Scenario, starttls: bool) -> dict[str, 
             figures = _figures(result, cpu)
             figures["peak_rss_mib"] = rss_mib(pid)
             figures["seconds"] = time.perf_counter() - began
+            figures["machine_us"] = [*speed, machine.calibration_us()]
             if scenario.stall_probe:
                 figures["stall_ms"] = probe["max_ms"]
             if stored is not None:
@@ -261,8 +264,8 @@ def _figures(result: Result, cpu: float) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| scenario | server | msg/s | CPU/msg | p50 | p99 | stall | peak RSS | failed | "
-        "ratio to aiosmtpd | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ratio to aiosmtpd | target | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         f = row["figures"]
@@ -271,7 +274,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                 f"| {row['scenario']} | {row['server']} | admitted {f['admitted']}, refused "
                 f"{f['refused_limit']} with 421 4.7.0, other {f['other'] or 0} | "
                 f"{f['cpu_ms']:.0f} ms CPU | | {_refusals(f['refusal_p99_ms'])} | | "
-                f"{f['peak_rss_mib']:.0f} MiB | | | {row['target']} |"
+                f"{f['peak_rss_mib']:.0f} MiB | | | {row['target']} | {_speed(f)} |"
             )
             continue
         stall = f"{f['stall_ms']:.1f} ms" if "stall_ms" in f else ""
@@ -280,9 +283,31 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f"{f['cpu_us_per_msg']:.0f} us | {f['p50_ms']:.1f} ms | {f['p99_ms']:.1f} ms | "
             f"{stall} | {f['peak_rss_mib']:.0f} MiB | {f['failed']}"
             f"{' ' + json.dumps(f['errors']) if f['errors'] else ''} | {row.get('ratio', '')} | "
-            f"{row['target']} |"
+            f"{row['target']} | {_speed(f)} |"
         )
     return lines
+
+
+def _speed(figures: dict[str, Any]) -> str:
+    before, after = figures["machine_us"]
+    return f"{before:.2f} / {after:.2f} us"
+
+
+# The host throttles these VMs to about half speed at times (bench/machine.py): a ratio whose
+# two runs did not see one speed compares a fast run with a slow one.
+SPEED_CHANGE = 1.25
+SPEED_NOTE = (
+    "machine: sum(range(100)) in us before / after each run (about 0.8 at full speed). "
+    f"A ratio marked * had the machine change speed by more than {SPEED_CHANGE}x across its "
+    "two runs: it compares a fast run with a slow one, so run that scenario again "
+    "(`--only WORD`) before trusting it."
+)
+
+
+def _ratio(gateway: dict[str, Any], peer: dict[str, Any]) -> str:
+    ratio = f"{gateway['msg_per_s'] / peer['msg_per_s']:.2f}x"
+    speeds = [*gateway["machine_us"], *peer["machine_us"]]
+    return ratio + (" *" if max(speeds) > SPEED_CHANGE * min(speeds) else "")
 
 
 def _refusals(p99_ms: float) -> str:
@@ -367,7 +392,7 @@ async def main(args: argparse.Namespace) -> None:
                 "figures": f,
             }
             if server == "gateway" and "msg_per_s" in f and figures["aiosmtpd"]["msg_per_s"]:
-                row["ratio"] = f"{f['msg_per_s'] / figures['aiosmtpd']['msg_per_s']:.2f}x"
+                row["ratio"] = _ratio(f, figures["aiosmtpd"])
             rows.append(row)
             print(table([row])[-1], flush=True)
     speed_after = machine.describe()
@@ -375,7 +400,7 @@ async def main(args: argparse.Namespace) -> None:
         f"smtp-gateway vs aiosmtpd, {'STARTTLS' if args.starttls else 'plaintext AUTH'}"
         f"{', quick' if args.quick else ''}; {speed_before}"
     )
-    report = [f"# {title}", "", *table(rows), "", speed_after]
+    report = [f"# {title}", "", *table(rows), "", SPEED_NOTE, "", speed_after]
     print("\n".join(report))
     RESULTS.mkdir(exist_ok=True)
     stem = "compare-starttls" if args.starttls else "compare"
