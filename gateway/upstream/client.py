@@ -117,6 +117,20 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for people: the exception's text and its causes' (trio's
+    BrokenResourceError says nothing itself; the TLS error it wraps says which certificate
+    check failed)."""
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 3:
+        text = str(seen)
+        if text and text not in texts:
+            texts.append(text)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return ": ".join(texts) or type(exc).__name__
+
+
 @attrs.frozen
 class ClientStatistics:
     """A snapshot of the connection's state."""
@@ -420,7 +434,7 @@ class NatsClient:
                 log.error("upstream.unusable", url=_redacted(self.url), reason=str(fatal))
             except* _CONNECTION_ERRORS as group:
                 # Cancellation is not matched here: it goes through untouched.
-                reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
+                reason = "; ".join(_reason(e) for e in _leaves(group))
                 if first and not fatal_seen:
                     raise UpstreamUnavailable(
                         f"cannot connect to NATS at {_redacted(self.url)}: {reason}"

@@ -27,10 +27,13 @@ class NatsProcess:
     extra_config: str = ""
     client_port: int = -1
     websocket_port: int = -1
+    websocket_tls: tuple[Path, Path] | None = None  # (certificate, key): wss:// on localhost
     process: trio.Process | None = None
 
     @property
     def ws_url(self) -> str:
+        if self.websocket_tls is not None:
+            return f"wss://localhost:{self.websocket_port}"
         return f"ws://127.0.0.1:{self.websocket_port}"
 
     async def start(self) -> None:
@@ -41,6 +44,10 @@ class NatsProcess:
             websocket_port=self.websocket_port,
             extra=self.extra_config,
         )
+        if self.websocket_tls is not None:
+            cert, key = self.websocket_tls
+            tls = f'  tls {{\n    cert_file: "{cert}"\n    key_file: "{key}"\n  }}\n'
+            config.write_text(config.read_text().replace("  no_tls: true\n", tls))
         ports_dir = self.directory / "ports"
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*"):

@@ -7,15 +7,26 @@ header, and echoes the header when it does; from then on a masked frame would be
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import pytest
 import trio
+import trustme
 import wsproto.connection
 import wsproto.events
 
-from gateway.upstream import NatsClient, StreamSettings, Submission, SubmissionDigest, Upstream
+from gateway.upstream import (
+    NatsClient,
+    StreamSettings,
+    Submission,
+    SubmissionDigest,
+    Upstream,
+    UpstreamUnavailable,
+)
 from gateway.upstream import client as nats_client
 from gateway.upstream.jetstream import ensure_stream
 
@@ -95,9 +106,9 @@ async def upstream_through(
     yield upstream
 
 
-def submission() -> Submission:
+def submission(message: bytes = MESSAGE) -> Submission:
     digest = SubmissionDigest("alice", "alice@example.com", ("bob@example.net",))
-    digest.update(MESSAGE)
+    digest.update(message)
     return Submission(
         "alice",
         "192.0.2.7:1",
@@ -174,3 +185,51 @@ def test_frame_header_is_the_one_wsproto_writes_for_an_unmasked_frame() -> None:
             assert nats_client.frame_header(size) + payload == expected, size
         else:  # too big to build: the length field alone, as wsproto encodes it
             assert nats_client.frame_header(size) == bytes((0x82, 127)) + size.to_bytes(8, "big")
+
+
+async def test_over_wss_big_and_small_messages_are_stored_exactly(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream over TLS, as a production NATS behind wss:// is: the frames are written
+    # to the TLS stream, not the socket, and several of them make up the big message.
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the default context's CAs
+    tls = (tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = NatsProcess(tmp_path / "nats", websocket_tls=tls)
+    server.directory.mkdir()
+    await server.start()
+    try:
+        assert server.ws_url.startswith("wss://")
+        upstream = Upstream.create(server.ws_url, StreamSettings(), 30)
+        await nursery.start(upstream.client.run)
+        await publish_and_read_back(upstream)
+        big = MESSAGE + os.urandom(3 * 1024 * 1024).hex().encode() + b"\r\n"  # 6 MiB, 12 frames
+        ack = await upstream.publish(submission(big), [big[:100000], big[100000:]])
+        stored = await direct_get(upstream.client, ack.seq)
+        assert stored.payload == big
+    finally:
+        await server.stop()
+
+
+async def test_over_wss_an_unknown_certificate_authority_is_refused(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = (tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = NatsProcess(tmp_path / "nats", websocket_tls=tls)
+    server.directory.mkdir()
+    await server.start()
+    try:
+        upstream = Upstream.create(server.ws_url, StreamSettings(), 30)
+        # Said plainly at start-up: which check failed, not just that the stream broke.
+        with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            await nursery.start(upstream.client.run)
+    finally:
+        await server.stop()
