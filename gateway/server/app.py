@@ -57,13 +57,16 @@ class Running:
         else:
             gateway.authenticator.store = store
             log.info("reload.users", users=len(store.users))
-        context = gateway.ssl_context
-        if context is not None and config.tls.certificate and config.tls.private_key:
+        if gateway.ssl_context is not None:
+            # A new context, swapped in only once it loaded: loading into the live one would
+            # keep a new certificate whose key then failed to load (half a renewal), and
+            # every handshake after that would fail. Open sessions keep the context they had.
             try:
-                context.load_cert_chain(config.tls.certificate, config.tls.private_key)
+                context = ssl_context(config)
             except (OSError, ssl.SSLError) as exc:
                 log.error("reload.tls_failed", reason=str(exc))
             else:
+                gateway.ssl_context = context
                 log.info("reload.tls", certificate=str(config.tls.certificate))
 
     async def drain(self) -> None:
