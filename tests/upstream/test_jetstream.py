@@ -22,8 +22,9 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.upstream.jetstream import ensure_stream
 
-from .natsproc import NatsProcess, direct_get, running_upstream, stream_info
+from .natsproc import SETTINGS, NatsProcess, direct_get, running_upstream, stream_info
 
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -299,3 +300,30 @@ async def test_many_publishes_in_flight_on_one_connection(
         assert peak > 1
         stats = upstream.statistics()
         assert (stats.published, stats.failed, stats.in_flight) == (500, 0, 0)
+
+
+async def test_a_server_that_stops_answering_pings_is_left_and_reconnected(
+    nats: NatsProcess, nursery: trio.Nursery
+) -> None:
+    # A peer that hangs (here: stopped) keeps the TCP connection open: only the PINGs tell.
+    async def check(client: NatsClient) -> None:
+        await ensure_stream(client, SETTINGS)
+
+    client = NatsClient(nats.ws_url, on_connect=check, ping_interval=0.2)
+    upstream = Upstream(client, SETTINGS, 10)
+    await nursery.start(client.run)
+    await upstream.publish(submission(MESSAGE), MESSAGE)
+    nats.freeze()
+    try:
+        with trio.fail_after(10):  # a real server and real time: not a timing assertion
+            await client.wait_disconnected()  # two PINGs unanswered
+        with pytest.raises(UpstreamUnavailable, match="not connected"):
+            await upstream.publish(submission(MESSAGE + b"2"), MESSAGE + b"2")
+    finally:
+        nats.thaw()
+    with trio.fail_after(15):
+        await client.wait_connected()
+    message = MESSAGE + b"after\r\n"
+    ack = await upstream.publish(submission(message), message)
+    assert (await direct_get(client, ack.seq)).payload == message
+    assert client.statistics().reconnects >= 1
