@@ -28,6 +28,7 @@ class NatsProcess:
     client_port: int = -1
     websocket_port: int = -1
     websocket_tls: tuple[Path, Path] | None = None  # (certificate, key): wss:// on localhost
+    jetstream: bool = True  # False: a plain NATS server, as a misconfigured deployment has
     process: trio.Process | None = None
 
     @property
@@ -44,6 +45,10 @@ class NatsProcess:
             websocket_port=self.websocket_port,
             extra=self.extra_config,
         )
+        if not self.jetstream:
+            text = config.read_text()
+            start = text.index("jetstream {")
+            config.write_text(text[:start] + text[text.index("}\n", start) + 2 :])
         if self.websocket_tls is not None:
             cert, key = self.websocket_tls
             tls = f'  tls {{\n    cert_file: "{cert}"\n    key_file: "{key}"\n  }}\n'

@@ -327,3 +327,17 @@ async def test_a_server_that_stops_answering_pings_is_left_and_reconnected(
     ack = await upstream.publish(submission(message), message)
     assert (await direct_get(client, ack.seq)).payload == message
     assert client.statistics().reconnects >= 1
+
+
+async def test_a_server_without_jetstream_is_a_clear_error(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    server = NatsProcess(tmp_path / "plain", jetstream=False)
+    server.directory.mkdir()
+    await server.start()
+    try:
+        upstream = Upstream.create(server.ws_url, SETTINGS)
+        with trio.fail_after(15), pytest.raises(UpstreamConfigError, match="JetStream is not en"):
+            await nursery.start(upstream.client.run)
+    finally:
+        await server.stop()
