@@ -15,12 +15,17 @@ from gateway.smtp import TlsMode
 from .harness import Client
 
 
-async def served_certificate(running: Running, ca: trustme.CA) -> bytes:
-    """The certificate a new client gets on the implicit-TLS listener (DER), after a greeting."""
+async def tls_client(running: Running, ca: trustme.CA) -> trio.SSLStream[trio.SocketStream]:
+    """A client of the implicit-TLS listener that trusts `ca` (handshake not done yet)."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
     tcp = await trio.open_tcp_stream("127.0.0.1", running.port(TlsMode.IMPLICIT))
-    tls = trio.SSLStream(tcp, context, server_hostname="localhost")
+    return trio.SSLStream(tcp, context, server_hostname="localhost")
+
+
+async def served_certificate(running: Running, ca: trustme.CA) -> bytes:
+    """The certificate a new client gets on the implicit-TLS listener (DER), after a greeting."""
+    tls = await tls_client(running, ca)
     async with tls:
         with trio.fail_after(10):
             await tls.do_handshake()
@@ -39,10 +44,7 @@ async def test_reload_serves_a_new_certificate_and_survives_a_bad_one(
 ) -> None:
     first = await served_certificate(running, ca)
     # A session that is open across the reloads keeps working.
-    tcp = await trio.open_tcp_stream("127.0.0.1", running.port(TlsMode.IMPLICIT))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    kept = Client(trio.SSLStream(tcp, context, server_hostname="localhost"))
+    kept = Client(await tls_client(running, ca))
     assert (await kept.reply()).code == 220
 
     # Half a renewal: the new certificate is in place, its key not yet. OpenSSL takes the

@@ -187,22 +187,32 @@ def test_frame_header_is_the_one_wsproto_writes_for_an_unmasked_frame() -> None:
             assert nats_client.frame_header(size) == bytes((0x82, 127)) + size.to_bytes(8, "big")
 
 
+@asynccontextmanager
+async def wss_nats(directory: Path, ca: trustme.CA) -> AsyncIterator[NatsProcess]:
+    """A nats-server whose WebSocket listener speaks TLS with a certificate from `ca`."""
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+    server = NatsProcess(
+        directory / "nats", websocket_tls=(directory / "cert.pem", directory / "key.pem")
+    )
+    server.directory.mkdir()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 async def test_over_wss_big_and_small_messages_are_stored_exactly(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The upstream over TLS, as a production NATS behind wss:// is: the frames are written
     # to the TLS stream, not the socket, and several of them make up the big message.
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the default context's CAs
-    tls = (tmp_path / "cert.pem", tmp_path / "key.pem")
-    server = NatsProcess(tmp_path / "nats", websocket_tls=tls)
-    server.directory.mkdir()
-    await server.start()
-    try:
+    async with wss_nats(tmp_path, ca) as server:
         assert server.ws_url.startswith("wss://")
         upstream = Upstream.create(server.ws_url, StreamSettings(), 30)
         await nursery.start(upstream.client.run)
@@ -211,25 +221,13 @@ async def test_over_wss_big_and_small_messages_are_stored_exactly(
         ack = await upstream.publish(submission(big), [big[:100000], big[100000:]])
         stored = await direct_get(upstream.client, ack.seq)
         assert stored.payload == big
-    finally:
-        await server.stop()
 
 
 async def test_over_wss_an_unknown_certificate_authority_is_refused(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    tls = (tmp_path / "cert.pem", tmp_path / "key.pem")
-    server = NatsProcess(tmp_path / "nats", websocket_tls=tls)
-    server.directory.mkdir()
-    await server.start()
-    try:
+    async with wss_nats(tmp_path, trustme.CA()) as server:
         upstream = Upstream.create(server.ws_url, StreamSettings(), 30)
         # Said plainly at start-up: which check failed, not just that the stream broke.
         with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             await nursery.start(upstream.client.run)
-    finally:
-        await server.stop()
