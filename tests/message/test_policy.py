@@ -204,6 +204,30 @@ BAD = {
         "not permitted",
     ),
     "From that does not parse": (mail(b"From: <<<>>>\r\n"), 550, "5.6.0", "From header"),
+    "Sender with two addresses": (  # RFC 5322 §3.6.2: a single mailbox
+        mail(b"From: alice@example.com\r\nSender: alice@example.com, Alice@example.com\r\n"),
+        550,
+        "5.6.0",
+        "exactly one address",
+    ),
+    "base64 with data after its padding": (
+        multipart(
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"QUJD\r\nQQ==\r\nQUJD\r\n"
+        ),
+        550,
+        "5.6.0",
+        "base64",
+    ),
+    "base64 with three pads": (
+        multipart(
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            b"QUJDQ===\r\n"
+        ),
+        550,
+        "5.6.0",
+        "base64",
+    ),
     "NUL": (mail(b"From: alice@example.com\r\n", b"a\x00b\r\n"), 550, "5.6.0", "NUL"),
     "8-bit octets in quoted-printable": (
         multipart(
