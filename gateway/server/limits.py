@@ -3,7 +3,8 @@ address, and the node's connection count."""
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+from collections import OrderedDict
 
 import attrs
 import trio
@@ -45,21 +46,31 @@ class UserSlots:
         return len(self._semaphores)
 
 
+# Addresses whose AUTH failures are remembered at once (about 200 octets each). Without a
+# bound, one failed AUTH from each address of an IPv6 /64 would grow the table without end.
+MAX_TRACKED_ADDRESSES = 100_000
+
+
 @attrs.define(eq=False)
 class AuthFailures:
-    """Failed AUTHs per client address within a sliding window (service.md)."""
+    """Failed AUTHs per client address within a sliding window (service.md).
+
+    Kept in the order of each address's latest failure: addresses whose failures have all left
+    the window are dropped as others fail, and past `max_addresses` the address that failed
+    longest ago makes room (under such a flood the per-connection rules still hold).
+    """
 
     limit: int
     window: float  # seconds
-    _times: dict[str, deque[float]] = attrs.field(factory=dict)
+    max_addresses: int = MAX_TRACKED_ADDRESSES
+    # Each address's failure times, oldest first: a list (a deque costs 600 octets more).
+    _times: OrderedDict[str, list[float]] = attrs.field(factory=OrderedDict)
 
-    def _recent(self, address: str) -> deque[float] | None:
+    def _recent(self, address: str) -> list[float] | None:
         times = self._times.get(address)
         if times is None:
             return None
-        horizon = trio.current_time() - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
+        del times[: bisect.bisect_right(times, trio.current_time() - self.window)]
         if not times:
             del self._times[address]
             return None
@@ -70,12 +81,22 @@ class AuthFailures:
         return times is not None and len(times) >= self.limit
 
     def record(self, address: str) -> None:
+        now = trio.current_time()
         times = self._recent(address)
         if times is None:
-            times = self._times[address] = deque()
-        times.append(trio.current_time())
+            times = self._times[address] = []
+        else:
+            self._times.move_to_end(address)
+        times.append(now)
         if len(times) > self.limit:
-            times.popleft()
+            del times[0]
+        # The front holds the address whose latest failure is oldest.
+        horizon = now - self.window
+        while self._times and (
+            len(self._times) > self.max_addresses
+            or self._times[next(iter(self._times))][-1] <= horizon
+        ):
+            self._times.popitem(last=False)
 
     @property
     def addresses(self) -> int:
