@@ -38,8 +38,8 @@ log = structlog.get_logger()
 SECONDS = 1.0
 MAX_FRAME = 64 * 1024 * 1024  # octets a frame from the server may have (trio-websocket: 1 MiB)
 RECEIVE_BUFFER = 64 * 1024  # octets per read: the 4 KiB default is about 4x slower on big mail
-# Octets per frame: wsproto writes (and, where the server wants masked frames, masks: about
-# 3 ms per 512 KiB here) a frame in one call on the event loop, so this bounds the stall a big
+# Octets per frame: a frame is built in one call on the event loop (and masked there, about
+# 3 ms per 512 KiB, where the server wants masked frames), so this bounds the stall a big
 # publish causes. 256 KiB frames cost a third of the 8 MiB throughput (bench/bench_upstream.py);
 # 512 KiB ones nothing measurable.
 COALESCE_LIMIT = 512 * 1024
@@ -238,9 +238,10 @@ class _Connection:
                 frame: list[bytes] = []
                 size = 0
                 for piece in batch:
-                    # Frames of at most COALESCE_LIMIT: wsproto writes each frame in one call
-                    # on the event loop (masking 8 MiB takes 52 ms here); NATS reads the
-                    # frames' bytes as one stream, so an operation may span frames.
+                    # Frames of at most COALESCE_LIMIT: each is built in one call on the
+                    # event loop (masked by wsproto where the server wants that: 52 ms per
+                    # 8 MiB here); NATS reads the frames' bytes as one stream, so an
+                    # operation may span frames.
                     for start in range(0, len(piece), COALESCE_LIMIT) if piece else (0,):
                         part = piece[start : start + COALESCE_LIMIT]
                         if frame and size + len(part) > COALESCE_LIMIT:
