@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trustme
@@ -78,3 +82,57 @@ async def tcp() -> AsyncIterator[Callable[[int], Awaitable[Client]]]:
     yield open_client
     for client in opened:
         await client.stream.aclose()
+
+
+@attrs.define(eq=False)
+class GatewayProcess:
+    """`smtp-gateway serve` in a process of its own, and what it has logged so far."""
+
+    process: trio.Process
+    log: bytes = b""
+    port: int = 0  # of its one plaintext listener
+
+    async def wait_for(self, text: bytes) -> None:
+        """Read the log until `text` is in it (a process that ends first fails the test)."""
+        assert self.process.stdout is not None
+        with trio.fail_after(30):  # a real process: not a timing assertion
+            while text not in self.log:
+                chunk = await self.process.stdout.receive_some(65536)
+                assert chunk, self.log.decode(errors="replace")
+                self.log += chunk
+
+    async def stop(self) -> int:
+        """SIGTERM; the exit code, once the whole log is read."""
+        assert self.process.stdout is not None
+        self.process.terminate()
+        with trio.fail_after(60):
+            while chunk := await self.process.stdout.receive_some(65536):
+                self.log += chunk
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def gateway_process(directory: Path, extra_toml: str = "") -> AsyncIterator[GatewayProcess]:
+    """A gateway with one plaintext listener (plaintext AUTH allowed) and the users file
+    `directory/users.toml`, ready for connections; killed at the end if still running."""
+    (directory / "gateway.toml").write_text(
+        'hostname = "mx.test"\ndata_dir = "var"\n[users]\nfile = "users.toml"\n'
+        '[[listener]]\naddress = "127.0.0.1:0"\ntls = "none"\nallow_plaintext_auth = true\n'
+        '[http]\naddress = "127.0.0.1:0"\n' + extra_toml
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"],
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    gateway = GatewayProcess(process)
+    try:
+        await gateway.wait_for(b"gateway.ready")
+        head = gateway.log.split(b'"listener.open"')[0]
+        gateway.port = int(head.rsplit(b"127.0.0.1:", 1)[1].split(b'"')[0])
+        yield gateway
+    finally:
+        process.kill()
+        await process.stdout.aclose()

@@ -8,14 +8,13 @@ for the secrets, plain and in the base64 they crossed the wire in.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from gateway.auth import User, UserStore, hash_password
 
+from .conftest import gateway_process
 from .harness import Client
 
 PASSWORD = "pw-M4rker-0f-the-user"
@@ -31,33 +30,8 @@ async def test_no_password_and_no_body_reaches_the_log_even_at_debug(tmp_path: P
     UserStore(
         {"alice": User("alice", hash_password(PASSWORD, n=2**4), ("alice@example.com",))}
     ).save(tmp_path / "users.toml")
-    (tmp_path / "gateway.toml").write_text(
-        'hostname = "mx.test"\ndata_dir = "var"\n[users]\nfile = "users.toml"\n'
-        '[[listener]]\naddress = "127.0.0.1:0"\ntls = "none"\nallow_plaintext_auth = true\n'
-        '[http]\naddress = "127.0.0.1:0"\n[log]\nlevel = "debug"\nformat = "json"\n'
-    )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    log = b""
-
-    async def read_until(text: bytes) -> None:
-        nonlocal log
-        assert process.stdout is not None
-        with trio.fail_after(30):  # a real process starting: not a timing assertion
-            while text not in log:
-                chunk = await process.stdout.receive_some(65536)
-                assert chunk, log.decode(errors="replace")
-                log += chunk
-
-    try:
-        await read_until(b"gateway.ready")
-        port = int(log.split(b'"listener.open"')[0].rsplit(b"127.0.0.1:", 1)[1].split(b'"')[0])
-        client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+    async with gateway_process(tmp_path, '[log]\nlevel = "debug"\nformat = "json"\n') as gateway:
+        client = Client(await trio.open_tcp_stream("127.0.0.1", gateway.port))
         assert (await client.reply()).code == 220
         await client.command(b"EHLO c")
         wrong = b"AUTH PLAIN " + b64(f"\0alice\0{WRONG}")
@@ -79,15 +53,9 @@ async def test_no_password_and_no_body_reaches_the_log_even_at_debug(tmp_path: P
             assert (await client.command(message.encode())).code == code
         assert (await client.command(b"QUIT")).code == 221
         await client.stream.aclose()
-        process.terminate()
-        await read_until(b"gateway.drained")
-        with trio.fail_after(30):
-            await process.wait()
-            while chunk := await process.stdout.receive_some(65536):
-                log += chunk
-    finally:
-        process.kill()
-        await process.stdout.aclose()
+        assert await gateway.stop() == 0
+    log = gateway.log
+    assert b"gateway.drained" in log
     assert b'"level": "debug"' in log  # debug was on
     assert b"message.accepted" in log
     assert log.count(b"auth.failure") >= 2, log.decode()

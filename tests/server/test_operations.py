@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.server.app import Running
 from gateway.smtp import TlsMode
 
-from .conftest import PASSWORD, gateway_config
+from .conftest import PASSWORD, gateway_config, gateway_process
 from .harness import Client, plain_auth
 
 Tcp = Callable[[int], Awaitable[Client]]
@@ -164,30 +164,8 @@ async def test_sighup_reloads_users_without_dropping_connections(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
     gateway_config(tmp_path, ca)  # writes users.toml with alice and bob
-    (tmp_path / "gateway.toml").write_text(
-        'hostname = "mx.test"\ndata_dir = "var"\n[users]\nfile = "users.toml"\n'
-        '[[listener]]\naddress = "127.0.0.1:0"\ntls = "none"\nallow_plaintext_auth = true\n'
-        '[http]\naddress = "127.0.0.1:0"\n'
-    )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "gateway", "serve", "--config", "gateway.toml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    log = b""
-
-    async def wait_for(text: bytes) -> None:
-        nonlocal log
-        assert process.stdout is not None
-        with trio.fail_after(30):
-            while text not in log:
-                log += await process.stdout.receive_some(65536)
-
-    try:
-        await wait_for(b"gateway.ready")
-        port = int(log.split(b'"listener.open"')[0].rsplit(b"127.0.0.1:", 1)[1].split(b'"')[0])
+    async with gateway_process(tmp_path) as gateway:
+        port = gateway.port
         before = Client(await trio.open_tcp_stream("127.0.0.1", port))
         assert (await before.reply()).code == 220
         await before.command(b"EHLO c")
@@ -209,26 +187,20 @@ async def test_sighup_reloads_users_without_dropping_connections(
             capture_stdout=True,
         )
         assert b"carol" in done.stdout
-        process.send_signal(signal.SIGHUP)
-        await wait_for(b"reload.users")
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_for(b"reload.users")
         after = Client(await trio.open_tcp_stream("127.0.0.1", port))
         await after.reply()
         await after.command(b"EHLO c")
         assert (await after.command(plain_auth("carol", "new password"))).code == 235
         assert (await before.command(b"NOOP")).code == 250  # the older session is untouched
         (tmp_path / "users.toml").write_text("not [ toml")
-        process.send_signal(signal.SIGHUP)
-        await wait_for(b"reload.users_failed")
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_for(b"reload.users_failed")
         third = Client(await trio.open_tcp_stream("127.0.0.1", port))
         await third.reply()
         await third.command(b"EHLO c")
         assert (await third.command(plain_auth("carol", "new password"))).code == 235
         for client in (before, after, third):
             await client.stream.aclose()
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(60):
-            await process.wait()
-        assert process.returncode == 0
-    finally:
-        process.kill()
-        await process.stdout.aclose()
+        assert await gateway.stop() == 0

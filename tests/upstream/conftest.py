@@ -5,15 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from .natsproc import NatsProcess
+from .natsproc import NatsProcess, started
 
 
 @pytest.fixture
 async def nats(tmp_path: Path) -> AsyncIterator[NatsProcess]:
-    server = NatsProcess(tmp_path / "nats")
-    server.directory.mkdir()
-    await server.start()
-    try:
+    async with started(NatsProcess(tmp_path / "nats")) as server:
         yield server
-    finally:
-        await server.stop()

@@ -109,6 +109,17 @@ class NatsProcess:
 
 
 @asynccontextmanager
+async def started(server: NatsProcess) -> AsyncIterator[NatsProcess]:
+    """`server` running for the block, in a directory of its own; stopped after."""
+    server.directory.mkdir()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
 async def running_upstream(
     url: str, nursery: trio.Nursery, settings: StreamSettings = SETTINGS, ack_timeout: float = 10
 ) -> AsyncIterator[Upstream]:

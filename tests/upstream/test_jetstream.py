@@ -24,7 +24,14 @@ from gateway.upstream import (
 )
 from gateway.upstream.jetstream import ensure_stream
 
-from .natsproc import SETTINGS, NatsProcess, direct_get, running_upstream, stream_info
+from .natsproc import (
+    SETTINGS,
+    NatsProcess,
+    direct_get,
+    running_upstream,
+    started,
+    stream_info,
+)
 
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -332,12 +339,7 @@ async def test_a_server_that_stops_answering_pings_is_left_and_reconnected(
 async def test_a_server_without_jetstream_is_a_clear_error(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    server = NatsProcess(tmp_path / "plain", jetstream=False)
-    server.directory.mkdir()
-    await server.start()
-    try:
+    async with started(NatsProcess(tmp_path / "plain", jetstream=False)) as server:
         upstream = Upstream.create(server.ws_url, SETTINGS)
         with trio.fail_after(15), pytest.raises(UpstreamConfigError, match="JetStream is not en"):
             await nursery.start(upstream.client.run)
-    finally:
-        await server.stop()

@@ -30,7 +30,7 @@ from gateway.upstream import (
 from gateway.upstream import client as nats_client
 from gateway.upstream.jetstream import ensure_stream
 
-from .natsproc import NatsProcess, direct_get
+from .natsproc import NatsProcess, direct_get, started
 
 # Sent as the message body: it appears verbatim in the client's bytes only if unmasked.
 MARKER = b"unmistakable-marker-" * 50
@@ -193,15 +193,9 @@ async def wss_nats(directory: Path, ca: trustme.CA) -> AsyncIterator[NatsProcess
     cert = ca.issue_cert("localhost")
     cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
     cert.private_key_pem.write_to_path(str(directory / "key.pem"))
-    server = NatsProcess(
-        directory / "nats", websocket_tls=(directory / "cert.pem", directory / "key.pem")
-    )
-    server.directory.mkdir()
-    await server.start()
-    try:
+    tls = (directory / "cert.pem", directory / "key.pem")
+    async with started(NatsProcess(directory / "nats", websocket_tls=tls)) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def test_over_wss_big_and_small_messages_are_stored_exactly(
