@@ -99,10 +99,10 @@ def bench_tls(directory: Path) -> tuple[Path, Path]:
 @asynccontextmanager
 async def nats_server(
     directory: Path, cpus: str = "1", *, sync_always: bool = True
-) -> AsyncIterator[str]:
+) -> AsyncIterator[tuple[str, int]]:
     """An external nats-server as the gateway's upstream (JetStream; sync_interval: always
-    unless told otherwise), pinned to `cpus`; yields its WebSocket URL. The gateway's core is
-    then its own."""
+    unless told otherwise), pinned to `cpus`; yields its WebSocket URL and its pid. The
+    gateway's core is then its own."""
     from gateway.upstream.embedded import embedded_max_payload, find_nats_server, write_config
     from gateway.upstream.jetstream import StreamSettings
 
@@ -114,8 +114,8 @@ async def nats_server(
         sync_always=sync_always,
     )
     command = ["taskset", "-c", cpus, find_nats_server(), "-c", str(config)]
-    async with running_process(command, directory, ws_port):
-        yield f"ws://127.0.0.1:{ws_port}"
+    async with running_process(command, directory, ws_port) as pid:
+        yield f"ws://127.0.0.1:{ws_port}", pid
 
 
 async def stored_messages(url: str, stream: str = "MAIL") -> int:
