@@ -320,7 +320,7 @@ def _speed(figures: dict[str, Any]) -> str:
 # two runs did not see one speed compares a fast run with a slow one.
 SPEED_CHANGE = 1.25
 SPEED_NOTE = (
-    "machine: sum(range(100)) in us before / after each run (about 0.8 at full speed). "
+    "machine: sum(range(100)) in us before / after each run (bench/machine.py). "
     f"A ratio marked * had the machine change speed by more than {SPEED_CHANGE}x across its "
     "two runs: it compares a fast run with a slow one, so run that scenario again "
     "(`--only WORD`) before trusting it."

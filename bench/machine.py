@@ -1,15 +1,17 @@
 """The state of this machine while a benchmark runs.
 
-These VMs run at two speeds (the host throttles them): sum(range(100)) takes about 0.8 us at
-full speed and about 1.4 us when throttled. Benchmarks print this beside their figures so that
-a reader knows which speed they were taken at.
+Machines of this kind differ, and one machine changes speed: sum(range(100)) took about 0.8 us
+on the machine of sessions 1 to 4 at full speed and about 1.4 us when its host throttled it,
+and 0.44 to 0.48 us on an AMD EPYC on 2026-12-07. Benchmarks print this and the CPU's model
+beside their figures, so that a reader knows what they were taken on; compare figures only
+within one run.
 """
 
 from __future__ import annotations
 
 import timeit
-
-FULL_SPEED_US = 0.8
+from functools import cache
+from pathlib import Path
 
 
 def calibration_us() -> float:
@@ -17,10 +19,16 @@ def calibration_us() -> float:
     return min(timeit.repeat("sum(range(100))", number=20000, repeat=20)) / 20000 * 1e6
 
 
+@cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def describe() -> str:
-    now = calibration_us()
-    phase = "full speed" if now < FULL_SPEED_US * 1.25 else "throttled"
-    return (
-        f"machine: sum(range(100)) takes {now:.2f} us now "
-        f"({phase}; about {FULL_SPEED_US} at full speed)"
-    )
+    return f"machine: sum(range(100)) takes {calibration_us():.2f} us now ({cpu_model()})"
