@@ -12,6 +12,7 @@ import email.feedparser
 import email.policy
 import functools
 import quopri
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from email.message import EmailMessage, Message
@@ -88,13 +89,20 @@ def new_parser() -> BytesFeedParser:
 
 
 def check(
-    message: bytes | list[bytes], rules: Rules, parser: BytesFeedParser | None = None
+    message: bytes | list[bytes],
+    rules: Rules,
+    parser: BytesFeedParser | None = None,
+    *,
+    crlf_only: bool = False,
+    fast: bool = True,
 ) -> Reply | None:
     """None if the message may go upstream, else the reply that refuses it.
 
     The message may come as the chunks it arrived in: nothing here needs it in one piece (a
     copy of megabytes). `parser` is one that was fed the whole message already (see
-    new_parser); without it the message is parsed here.
+    new_parser). Without it, a message with a plain header (see `_plain_fields`) is decided
+    from its header alone, unless `fast` is false; any other is parsed here, with new_parser
+    when `crlf_only` says the message's lines all end in CRLF, else with the stock parser.
     """
     chunks = [message] if isinstance(message, bytes) else message
     header = header_section(chunks)
@@ -105,8 +113,11 @@ def check(
             "8-bit characters in the header without SMTPUTF8 (use RFC 2047 encoded words)"
         )
     if parser is None:
-        # Any bytes at all may come here: the stock parser, line by line.
-        parser = BytesFeedParser(policy=email.policy.default)
+        fields = _plain_fields(header) if fast else None
+        if fields is not None:
+            return _check_fields(fields, rules)
+        # Any bytes at all may come here unless told otherwise: the stock parser, line by line.
+        parser = new_parser() if crlf_only else BytesFeedParser(policy=email.policy.default)
         for chunk in chunks:
             parser.feed(chunk)
     parsed = parser.close()
@@ -115,8 +126,61 @@ def check(
         reason = _STRUCTURE_DEFECTS.get(type(defect))
         if reason is not None:
             return replies.message_rejected(reason)
-    # Counted on the raw field names: get_all() would parse every field it returns.
-    counts = Counter(name.lower() for name in parsed)
+    problem = _check_fields(parsed.raw_items(), rules)
+    if problem is not None:
+        return problem
+    return _check_parts(parsed, rules, depth=0, top=parsed)
+
+
+# A header line the feed parser reads as a field of its own: a name and a colon. Its name may
+# be empty; such a header, like a "From " line or any other line, takes the parser's way.
+_FIELD_LINE = re.compile(r"[\041-\071\073-\176]+:")
+
+
+def _plain_fields(header: bytes) -> list[tuple[str, str]] | None:
+    """The fields of a plain header as the feed parser would give them (name, raw value),
+    or None when the header needs the parser.
+
+    Plain: ASCII, every line a field or a continuation of one, and no Content-* field. Such a
+    message is one text/plain part with no attachment, and the parser finds no structural
+    defect in it: only its fields are left to check. Most submitted mail is like this, and
+    the parser is most of a small message's CPU. `tests/message/test_policy.py` checks that
+    both ways give the same verdict on generated headers.
+    """
+    if not header.isascii():
+        return None
+    fields: list[tuple[str, str]] = []
+    field = _FIELD_LINE.match
+    # The header section ends with the CRLF of its last line: the last item is empty.
+    for line in header.decode("ascii").split("\r\n")[:-1]:
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                return None  # a continuation first: a defect
+            name, value = fields[-1]
+            # As email.policy's header_source_parse joins a field's lines.
+            fields[-1] = (name, value + "\r\n" + line)
+            continue
+        match = field(line)
+        if match is None:
+            return None  # "From ", a line with no colon, an empty name
+        name = line[: match.end() - 1]
+        if name[:8].lower() == "content-":
+            return None
+        fields.append((name, line[match.end() :].lstrip(" \t")))
+    if not fields:
+        return None
+    return [(name, value.rstrip("\r\n")) for name, value in fields]
+
+
+def _check_fields(fields: Iterable[tuple[str, str]], rules: Rules) -> Reply | None:
+    """The checks on the top-level fields, given as (name, raw value) in order."""
+    counts: Counter[str] = Counter()
+    raw: dict[str, str] = {}  # the first From and Sender
+    for name, value in fields:
+        key = name.lower()
+        counts[key] += 1
+        if key in ("from", "sender") and key not in raw:
+            raw[key] = value
     froms = counts["from"]
     if froms != 1:
         return replies.message_rejected(
@@ -127,10 +191,12 @@ def check(
         if count > 1:
             return replies.message_rejected(f"{count} {name} headers (at most one allowed)")
     for name in ("From", "Sender"):
-        problem = _address_problem(parsed, name, rules)
-        if problem is not None:
-            return problem
-    return _check_parts(parsed, rules, depth=0, top=parsed)
+        first = raw.get(name.lower())
+        if first is not None:
+            problem = _address_problem(first, name, rules)
+            if problem is not None:
+                return problem
+    return None
 
 
 def header_section(chunks: list[bytes]) -> bytes:
@@ -146,10 +212,7 @@ def header_section(chunks: list[bytes]) -> bytes:
     return b"".join(chunks)
 
 
-def _address_problem(msg: EmailMessage, name: str, rules: Rules) -> Reply | None:
-    raw = next((value for key, value in msg.raw_items() if key.lower() == name.lower()), None)
-    if raw is None:
-        return None
+def _address_problem(raw: str, name: str, rules: Rules) -> Reply | None:
     # Only short fields are remembered: the cache's size stays bounded whatever clients send.
     parse = _address_field if len(raw) <= MAX_CACHED_FIELD else _address_field.__wrapped__
     parsed = parse(name, raw)

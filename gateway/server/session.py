@@ -164,16 +164,18 @@ class Gateway:
 
 def _finish_message(
     chunks: list[bytes],
-    parser: BytesFeedParser,
+    parser: BytesFeedParser | None,
     rules: Rules,
     trace: Callable[[bytes], bytes],
 ) -> tuple[Reply | None, bytes]:
-    """The checks on a message whose chunks but the last were fed to `parser`: the reply that
-    refuses it or None, and the trace header lines to put before it. The chunks are never
-    joined: each copy of megabytes holds the GIL, and the event loop waits for it."""
-    if chunks:
+    """The checks on a message whose chunks but the last were fed to `parser` (None: a
+    message of one chunk, not fed at all): the reply that refuses it or None, and the trace
+    header lines to put before it. The chunks are never joined: each copy of megabytes holds
+    the GIL, and the event loop waits for it."""
+    if parser is not None and chunks:
         parser.feed(chunks[-1])
-    problem = check_message(chunks, rules, parser)
+    # The core hands over CRLF lines only (a bare CR or LF has the message refused already).
+    problem = check_message(chunks, rules, parser, crlf_only=True)
     if problem is not None:
         return problem, b""
     return None, trace(header_section(chunks))
@@ -342,10 +344,13 @@ class Session:
                 chunks.append(event.data)
                 if self._digest is not None:
                     self._digest.update(event.data)
-                if self._parser is not None and len(chunks) > 1:
+                if len(chunks) > 1:
                     # Parsed as it arrives, one chunk behind: the parse costs a little per
                     # read, and the last chunk, which closes every open part (joins of
-                    # megabytes), is parsed with the check, off the event loop.
+                    # megabytes), is parsed with the check, off the event loop. A message
+                    # of one chunk, most small ones, may need no parser at all.
+                    if self._parser is None:
+                        self._parser = new_parser()
                     self._parser.feed(chunks[-2])
                 continue
             if isinstance(event, ConnectionClosed):
@@ -509,7 +514,7 @@ class Session:
         assert envelope is not None and self.user is not None
         self._chunks = []
         self._digest = SubmissionDigest(self.user.name, envelope.mail_from, envelope.rcpt_to)
-        self._parser = new_parser()
+        self._parser = None
 
     async def _message_complete(self, event: MessageComplete) -> Reply:
         chunks, self._chunks = self._chunks or [], None
@@ -527,7 +532,7 @@ class Session:
                 size=event.size,
             )
             return event.reply
-        assert self.user is not None and digest is not None and parser is not None
+        assert self.user is not None and digest is not None
         limits = self.gateway.config.limits
         rules = Rules(
             owns=self.user.owns,

@@ -6,7 +6,7 @@ import base64
 import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.message import Rules, check, trace_headers
@@ -400,3 +400,86 @@ def test_no_part_body_makes_the_check_raise(
     )
     reply = check(multipart(TEXT, part), RULES)
     assert reply is None or reply.code in (550, 552)
+
+
+# The plain-header way (no parser) against the parser, on generated headers: names the checks
+# count or refuse, Content-* fields, empty names, "From " lines, continuations, stray lines,
+# 8-bit text, and messages with no blank line after the header.
+FIELD_NAMES = st.sampled_from(
+    ["From", "from", "FROM", "Sender", "To", "Cc", "Bcc", "Subject", "Message-ID", "Date",
+     "Reply-To", "X-Mailer", "MIME-Version", "Content-Type", "content-transfer-encoding",
+     "Content-Disposition", "", "From ", "X A", "Received"]
+)  # fmt: skip
+FIELD_VALUES = st.sampled_from(
+    [
+        "alice@example.com",
+        "Alice <alice@example.com>",
+        "ALICE@EXAMPLE.COM",
+        "bob@example.net",
+        "alice@example.com, bob@example.net",
+        "<>",
+        '"q r" <alice@example.com>',
+        "bad",
+        "",
+        "alice@example.com (comment)",
+        "=?utf-8?q?A?= <alice@example.com>",
+        "a@b@c",
+        "<alice@",
+        "text/plain",
+        "multipart/mixed",
+        "café <alice@example.com>",
+        "x" * 600 + "@example.com",
+    ]
+) | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
+HEADER_LINES = st.one_of(
+    st.tuples(FIELD_NAMES, st.sampled_from([":", ": ", ":\t", ":  ", " :"]), FIELD_VALUES).map(
+        "".join
+    ),
+    st.sampled_from([" continued", "\tcontinued", " ", " alice@example.com", " <x@y>"]),
+    st.sampled_from(["no colon here", "From alice Mon Jan 1 00:00:00 2024", ":empty name"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    lines=st.lists(HEADER_LINES, max_size=8),
+    separated=st.booleans(),
+    body=st.sampled_from([b"Hello.\r\n", b"", b"x\r\n-- \r\nsig\r\n", b"caf\xc3\xa9\r\n"]),
+    utf8=st.booleans(),
+)
+def test_plain_headers_get_the_parsers_verdict(
+    lines: list[str], separated: bool, body: bytes, utf8: bool
+) -> None:
+    header = "".join(line + "\r\n" for line in lines).encode()
+    message = header + (b"\r\n" + body if separated else b"")
+    rules = UTF8 if utf8 else RULES
+    parsed = check(message, rules, fast=False)
+    assert check(message, rules) == parsed
+    assert check(message, rules, crlf_only=True) == parsed
+
+
+def test_plain_headers_are_decided_without_the_parser() -> None:
+    """The fast way is taken where it should be (else the test above proves nothing)."""
+    from gateway.message import policy
+
+    def fields(message: bytes) -> list[tuple[str, str]] | None:
+        return policy._plain_fields(policy.header_section([message]))
+
+    assert fields(PLAIN) == [
+        ("From", "Alice <alice@example.com>"),
+        ("To", "bob@example.net"),
+        ("Subject", "hi"),
+    ]
+    folded = mail(b"From: alice@example.com\r\nTo: a@example.net,\r\n\tb@example.net\r\n")
+    assert fields(folded) == [
+        ("From", "alice@example.com"),
+        ("To", "a@example.net,\r\n\tb@example.net"),
+    ]
+    for needs_parser in (
+        mail(b"From: alice@example.com\r\nContent-Type: text/plain\r\n"),
+        mail(b" x\r\nFrom: alice@example.com\r\n"),
+        mail(b"From alice\r\nFrom: alice@example.com\r\n"),
+        mail(b"From: alice@example.com\r\nno colon\r\n"),
+        mail("From: Alicé <alice@example.com>\r\n".encode()),
+    ):
+        assert fields(needs_parser) is None, needs_parser
