@@ -291,6 +291,10 @@ class Session:
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
+                # A client that was just answered is most likely waiting for the answer: a
+                # read now would nearly always find nothing (a system call and an exception
+                # per reply, wasted). Otherwise, what is already there is read at once.
+                answered = bool(self._out)
                 await self._flush()
                 in_data = conn.state is State.DATA
                 deadline = self._data_deadline if in_data else self._idle_deadline
@@ -298,7 +302,7 @@ class Session:
                 data: bytes | bytearray | None = None
                 if not (idle and self.gateway.draining):
                     fd = self._fd
-                    if fd >= 0 and self._eager < EAGER_BYTES:
+                    if fd >= 0 and not answered and self._eager < EAGER_BYTES:
                         data = self._read_now(fd)  # what is already there, with no task switch
                     if data is None:
                         self._eager = 0
