@@ -50,6 +50,7 @@ from ..upstream import (
     UpstreamError,
 )
 from .limits import AuthFailures, UserSlots
+from .timers import SocketTimers, SocketWait
 
 log = structlog.get_logger()
 
@@ -92,8 +93,9 @@ class Gateway:
     open_connections: int = 0
     metrics: Metrics = attrs.field(factory=Metrics)
     draining: bool = False
-    # Cancel scopes of sessions waiting for a command outside a transaction: a drain ends them.
-    idle_waits: set[trio.CancelScope] = attrs.field(factory=set)
+    # Waits of sessions for a command outside a transaction: a drain ends them.
+    idle_waits: set[trio.CancelScope | SocketWait] = attrs.field(factory=set)
+    timers: SocketTimers = attrs.field(factory=SocketTimers)
     _connection_closed: trio.Event = attrs.field(factory=trio.Event)
     _session_configs: dict[Listener, SessionConfig] = attrs.field(factory=dict)
 
@@ -206,6 +208,7 @@ class Session:
     # to wait (a task switch each, several per message).
     _fd: int = -1
     _eager: int = 0  # octets read since this session last waited or yielded
+    _socket_wait: SocketWait | None = None
 
     def __attrs_post_init__(self) -> None:
         self.conn = ServerConnection(self.gateway.session_config(self.listener))
@@ -306,22 +309,18 @@ class Session:
                         data = self._read_now(fd)  # what is already there, with no task switch
                     if data is None:
                         self._eager = 0
-                        # A bare CancelScope: move_on_at's contextmanager wrapper is a
-                        # measurable share of a small message's CPU.
-                        with trio.CancelScope(deadline=deadline) as wait:
-                            if idle:
-                                self.gateway.idle_waits.add(wait)
-                            try:
-                                if fd >= 0:
-                                    # Waiting on the socket itself also keeps the stack of
-                                    # every idle connection shallow (about 1 kB less).
-                                    while data is None:
-                                        await trio.lowlevel.wait_readable(fd)
-                                        data = self._read_now(fd)
-                                else:
+                        if fd >= 0:
+                            data = await self._wait_socket(fd, deadline, idle)
+                        else:
+                            # A bare CancelScope: move_on_at's contextmanager wrapper is a
+                            # measurable share of a small message's CPU.
+                            with trio.CancelScope(deadline=deadline) as scope:
+                                if idle:
+                                    self.gateway.idle_waits.add(scope)
+                                try:
                                     data = await self.stream.receive_some(RECEIVE_SIZE)
-                            finally:
-                                self.gateway.idle_waits.discard(wait)
+                                finally:
+                                    self.gateway.idle_waits.discard(scope)
                 if data is None and idle and self.gateway.draining:
                     self.close_reason = "shutting down"
                     self._queue(conn.send(replies.shutting_down(self._hostname)))
@@ -374,6 +373,32 @@ class Session:
             elif conn.state is State.DATA and isinstance(event, DataStart):
                 self._data_deadline = trio.current_time() + limits.data_progress_timeout
                 self._start_message()
+
+    async def _wait_socket(self, fd: int, deadline: float, idle: bool) -> bytes | None:
+        """What the socket brings by `deadline` (b"" at its end), or None: the deadline passed
+        or a drain ended an idle wait. On the socket itself, timed by the node's SocketTimers:
+        no cancel scope per wait (see timers.py)."""
+        wait = self._socket_wait
+        if wait is None:
+            wait = self._socket_wait = SocketWait(fd)
+        if not self.gateway.timers.arm(wait, deadline):
+            return None
+        if idle:
+            self.gateway.idle_waits.add(wait)
+        try:
+            while True:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    if wait.expired:
+                        return None
+                    raise
+                data = self._read_now(fd)
+                if data is not None:
+                    return data
+        finally:
+            wait.waiting = False
+            self.gateway.idle_waits.discard(wait)
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)

@@ -110,12 +110,30 @@ def _complete(buf: bytearray) -> tuple[SentReply, bytearray] | None:
             return reply, buf[end:]
 
 
+# What connect() joins client and session with: "memory" streams, or a "socket" pair, which
+# the session reads and writes directly and times with the node's SocketTimers. A test module
+# runs on both by setting this (see test_session_timers.py).
+TRANSPORT = "memory"
+CLIENT_SOCKETS: list[trio.SocketStream] = []  # socket clients connect() made, for the test to close
+
+
+def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
 async def connect(
     nursery: trio.Nursery,
     gateway: Gateway,
     listener: Listener = PLAIN,
     client_address: str = "192.0.2.1:40000",
 ) -> Client:
-    client, server = trio.testing.memory_stream_pair()
+    client: trio.abc.Stream
+    server: trio.abc.Stream
+    if TRANSPORT == "socket":
+        client, server = socket_stream_pair()
+        CLIENT_SOCKETS.append(client)
+    else:
+        client, server = trio.testing.memory_stream_pair()
     nursery.start_soon(gateway.handle, server, listener, client_address)
     return Client(client)

@@ -1,13 +1,31 @@
-"""The session's timers and limits, on memory streams with a virtual clock: exact durations."""
+"""The session's timers and limits with a virtual clock: exact durations. Every test runs on
+memory streams and again on a socket pair, where the session waits on the socket itself and
+its deadlines are kept by the node's SocketTimers instead of a cancel scope."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
+import pytest
 import trio
 import trio.testing
 
+from . import harness
 from .harness import PLAIN, Client, MemoryQueue, connect, make_gateway, plain_auth
 
 IDLE = 30
+
+
+@pytest.fixture(autouse=True, params=["memory", "socket"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    # Not an async fixture: pytest-trio would not wait for it before the test starts.
+    monkeypatch.setattr(harness, "TRANSPORT", request.param)
+    yield str(request.param)
+    while harness.CLIENT_SOCKETS:  # outside trio now: its close() would call into trio
+        fd = harness.CLIENT_SOCKETS.pop().socket.detach()
+        if fd >= 0:  # -1: the test closed it
+            os.close(fd)
 
 
 async def test_idle_client_is_cut_off_after_exactly_30_seconds(

@@ -173,3 +173,77 @@ async def test_accept_out_of_descriptors_waits_and_serves_on(nursery: trio.Nurse
     assert (await client.command(b"QUIT")).code == 221
     assert await client.closed()  # the session closed its own socket
     await client.stream.aclose()
+
+
+async def test_idle_deadlines_of_many_sessions_are_each_kept_exactly(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One task keeps every socket session's deadline (timers.py): sessions that start at
+    different times, and sessions whose deadline moves on with each command, are each cut
+    off exactly 30 s after their last command, and the heap holds no more than a few entries
+    per session however many commands they sent."""
+    gateway = make_gateway()
+    closed_at: dict[int, float] = {}
+    last_command: dict[int, float] = {}
+
+    async def session(k: int, start: float, commands: int) -> None:
+        await trio.sleep_until(start)
+        client_stream, server_stream = socket_pair()
+        nursery.start_soon(gateway.handle, server_stream, PLAIN, f"192.0.2.1:{k}")
+        client = Client(client_stream)
+        await client.login("bob" if k % 2 else "alice")  # 10 connections a user at most
+        last_command[k] = trio.current_time()
+        for _ in range(commands):  # a NOOP every 7 s moves the deadline on each time
+            await trio.sleep(7)
+            assert (await client.command(b"NOOP")).code == 250
+            last_command[k] = trio.current_time()
+        reply = await client.reply()
+        assert (reply.code, reply.enhanced) == (421, "4.4.2")
+        assert await client.closed()
+        closed_at[k] = trio.current_time()
+        await client_stream.aclose()
+
+    start = trio.current_time()
+    with trio.fail_after(300):  # virtual seconds: a deadline never kept fails, not hangs
+        async with trio.open_nursery() as clients:
+            for k in range(12):
+                clients.start_soon(session, k, start + 2.5 * k, (k % 4) * 3)
+            await trio.sleep(20)
+            assert len(gateway.timers._heap) <= 2 * 12
+    assert len(closed_at) == 12
+    for k in range(12):
+        assert closed_at[k] - last_command[k] == 30, k
+    await trio.testing.wait_all_tasks_blocked()
+    assert gateway.open_connections == 0
+
+
+async def test_a_drain_ends_idle_socket_sessions_and_lets_transactions_finish(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    queue = MemoryQueue()
+    gateway = make_gateway(queue)
+    streams = [socket_pair() for _ in range(2)]
+    for k, (_, server_stream) in enumerate(streams):
+        nursery.start_soon(gateway.handle, server_stream, PLAIN, f"192.0.2.1:{k}")
+    idle, busy = (Client(client_stream) for client_stream, _ in streams)
+    await idle.login()
+    await busy.login()
+    assert (await busy.command(b"MAIL FROM:<alice@example.com>")).code == 250
+    await trio.sleep(10)
+    drained_at = trio.current_time()
+    gateway.start_draining()
+    with trio.fail_after(60):
+        reply = await idle.reply()
+    assert (reply.code, reply.enhanced) == (421, "4.3.2")
+    assert trio.current_time() == drained_at  # at once, not at the idle deadline
+    assert await idle.closed()
+    # The transaction goes on to its end; then the session is idle, and is sent away too.
+    assert (await busy.command(b"RCPT TO:<bob@example.net>")).code == 250
+    assert (await busy.command(b"DATA")).code == 354
+    reply = await busy.command(b"From: alice@example.com\r\n\r\nhi\r\n.")
+    assert (reply.code, reply.enhanced) == (250, "2.0.0")
+    reply = await busy.reply()
+    assert (reply.code, reply.enhanced) == (421, "4.3.2")
+    assert len(queue.messages) == 1
+    for client_stream, _ in streams:
+        await client_stream.aclose()
