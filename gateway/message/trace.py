@@ -38,9 +38,9 @@ def _now() -> str:
     return _clock[1]
 
 
-def _has_field(header: bytes, name: bytes) -> bool:
-    lowered = b"\r\n" + header.lower()
-    return b"\r\n" + name.lower() + b":" in lowered
+def _has_field(lowered: bytes, name: bytes) -> bool:
+    """Whether a header, lowered and after a CRLF, has a field `name` (lowercase)."""
+    return b"\r\n" + name + b":" in lowered
 
 
 def trace_headers(
@@ -68,8 +68,9 @@ def trace_headers(
     ]
     end = message.find(b"\r\n\r\n")
     header = message if end < 0 else message[: end + 2]
-    if not _has_field(header, b"Date"):
+    lowered = b"\r\n" + header.lower()
+    if not _has_field(lowered, b"date"):
         lines.append(f"Date: {when}\r\n")
-    if not _has_field(header, b"Message-ID"):
+    if not _has_field(lowered, b"message-id"):
         lines.append(f"Message-ID: <{queue_id}.{secrets.token_hex(6)}@{hostname}>\r\n")
     return "".join(lines).encode("utf-8")

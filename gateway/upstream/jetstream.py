@@ -3,7 +3,6 @@ publishing with a message id that makes retries idempotent."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from typing import Any
@@ -87,8 +86,23 @@ class SubmissionDigest:
         return self._hash.hexdigest()
 
     def queue_id(self) -> str:
-        """A short id for people (logs, the 250 reply), stable across retries."""
-        return base64.b32encode(self._hash.digest()[:10]).decode("ascii")
+        """A short id for people (logs, the 250 reply), stable across retries: the first 80
+        bits of the digest in base32 (RFC 4648, what base64.b32encode writes), ten bits a
+        step. b32encode is Python in 3.11, and took 4 % of a small message's CPU."""
+        return _base32_80(int.from_bytes(self._hash.digest()[:10], "big"))
+
+
+_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_BASE32_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # every 10-bit value
+
+
+def _base32_80(n: int) -> str:
+    """An 80-bit number in base32: 16 characters."""
+    p = _BASE32_PAIRS
+    return (
+        p[n >> 70 & 1023] + p[n >> 60 & 1023] + p[n >> 50 & 1023] + p[n >> 40 & 1023]
+        + p[n >> 30 & 1023] + p[n >> 20 & 1023] + p[n >> 10 & 1023] + p[n & 1023]
+    )  # fmt: skip
 
 
 @attrs.frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.upstream import (
     MessageTooLarge,
@@ -22,7 +25,7 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.upstream.jetstream import ensure_stream
+from gateway.upstream.jetstream import _base32_80, ensure_stream
 
 from .natsproc import (
     SETTINGS,
@@ -343,3 +346,8 @@ async def test_a_server_without_jetstream_is_a_clear_error(
         upstream = Upstream.create(server.ws_url, SETTINGS)
         with trio.fail_after(15), pytest.raises(UpstreamConfigError, match="JetStream is not en"):
             await nursery.start(upstream.client.run)
+
+
+@given(st.binary(min_size=10, max_size=10))
+def test_queue_ids_are_base32_as_the_standard_library_writes_it(octets: bytes) -> None:
+    assert _base32_80(int.from_bytes(octets, "big")) == base64.b32encode(octets).decode()
