@@ -74,7 +74,7 @@ class Scenario:
 def scenarios(quick: bool) -> list[Scenario]:
     q = 4 if quick else 1
     users = USERS
-    small = Load(0, PASSWORD, users[:50], sessions=50, messages=80 // q)  # measure() copies it
+    small = Load(0, PASSWORD, users[:50], sessions=50, messages=200 // q)  # measure() copies it
     return [
         Scenario("small messages, 50 sessions", small, "gateway >= 2x aiosmtpd"),
         Scenario(
@@ -84,7 +84,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
         Scenario(
             "500 sessions",
-            Load(0, PASSWORD, users, sessions=500, messages=8 // q),
+            Load(0, PASSWORD, users, sessions=500, messages=20 // q),
         ),
         Scenario(
             "connection churn (1 message per connection)",
