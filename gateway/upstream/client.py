@@ -7,6 +7,7 @@ import heapq
 import itertools
 import json
 import math
+import os
 import random
 import secrets
 import ssl
@@ -196,6 +197,37 @@ def frame_header(size: int) -> bytes:
     return bytes((0x82, 127)) + size.to_bytes(8, "big")
 
 
+async def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write `pieces` in order to the non-blocking socket `fd`, as one stream of octets.
+
+    Gathered by the kernel (writev), not joined first: a frame of a big message is half a
+    megabyte of copy less. And no checkpoint after each write, as trio's send_all makes: while
+    eight big uploads kept the event loop busy, each of those cost the publisher a round of
+    every task, and an 8 MiB publish took 30 ms or more to leave. It waits only while the
+    socket's buffer is full.
+    """
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0
+    while first < len(views):
+        try:
+            sent = os.writev(fd, views[first : first + _IOV_MAX])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"upstream write failed: {exc}") from exc
+        while sent:
+            size = len(views[first])
+            if sent < size:
+                views[first] = views[first][sent:]
+                break
+            sent -= size
+            first += 1
+
+
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+
+
 @attrs.define(eq=False)
 class _Connection:
     """One live WebSocket connection and its writer's queue."""
@@ -225,7 +257,10 @@ class _Connection:
             raise trio_websocket.ConnectionClosed(self.ws.closed)
         async with lock:
             try:
-                await self.stream.send_all(b"".join([frame_header(size), *parts]))
+                if type(self.stream) is trio.SocketStream:
+                    await _write_all(self.stream.socket.fileno(), [frame_header(size), *parts])
+                else:
+                    await self.stream.send_all(b"".join([frame_header(size), *parts]))
             except trio.ClosedResourceError:
                 raise trio.BrokenResourceError("the upstream stream was closed") from None
 
@@ -234,6 +269,9 @@ class _Connection:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             while self._outbox:
+                # Frames on plain TCP go out without a checkpoint when the socket takes them
+                # (see _write_all): one per batch lets the sessions have their turn.
+                await trio.lowlevel.checkpoint()
                 batch, self._outbox = self._outbox, []
                 frame: list[bytes] = []
                 size = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -225,3 +226,35 @@ async def test_over_wss_an_unknown_certificate_authority_is_refused(
         # Said plainly at start-up: which check failed, not just that the stream broke.
         with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             await nursery.start(upstream.client.run)
+
+
+@pytest.mark.parametrize("piece_sizes", [[0, 1, 0, 70_000, 3], [300_000] * 7, [1] * 3000])
+async def test_frames_are_written_whole_and_in_order_through_a_full_socket(
+    piece_sizes: list[int],
+) -> None:
+    """_write_all gathers pieces into writev: a socket whose buffer fills takes part of
+    them, part of one, or none, and what the reader gets is still every octet in order."""
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pieces = [os.urandom(size) for size in piece_sizes]
+    expected = b"".join(pieces)
+    received = bytearray()
+
+    async def read() -> None:
+        while len(received) < len(expected):
+            await trio.sleep(0.001)  # a slow reader: the writer meets a full buffer
+            received.extend(await b.recv(8192))
+
+    with a, b, trio.move_on_after(20):  # a reader short of octets waits no longer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await nats_client._write_all(a.fileno(), pieces)
+    assert bytes(received) == expected
+
+
+async def test_a_write_to_a_closed_peer_is_a_broken_resource() -> None:
+    a, b = trio.socket.socketpair()
+    b.close()
+    with a, pytest.raises(trio.BrokenResourceError):
+        await nats_client._write_all(a.fileno(), [b"x" * 100_000] * 10)
