@@ -256,6 +256,8 @@ class Session:
                         except Exception:  # the stream may be what broke
                             pass
             finally:
+                if self._socket_wait is not None:
+                    gateway.timers.forget(self._socket_wait)
                 self._release_slot()
                 self.gateway.metrics.inc("bytes_received_total", self.bytes_in)
                 self.gateway.metrics.inc("bytes_sent_total", self.bytes_out)

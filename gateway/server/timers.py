@@ -27,7 +27,7 @@ import trio
 class SocketWait:
     """One session's waits on its socket: the current deadline and whether it passed."""
 
-    __slots__ = ("deadline", "expired", "fd", "queued", "waiting")
+    __slots__ = ("closed", "deadline", "expired", "fd", "queued", "waiting")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -35,12 +35,16 @@ class SocketWait:
         self.waiting = False
         self.expired = False  # the wait was ended by its deadline or by cancel()
         self.queued = math.inf  # the soonest deadline the heap holds for this wait
+        self.closed = False  # its session has ended
 
     def cancel(self) -> None:
         """End the current wait now (a drain ends idle waits so)."""
         if self.waiting and not self.expired:
             self.expired = True
             trio.lowlevel.notify_closing(self.fd)
+
+
+PRUNE_FROM = 1024  # entries of ended sessions the heap may hold before it is pruned
 
 
 class SocketTimers:
@@ -50,6 +54,7 @@ class SocketTimers:
         self._target = math.inf  # what the sweeper sleeps until
         self._changed = trio.Event()
         self._started = False
+        self._closed_entries = 0  # about how many entries belong to ended sessions
 
     def arm(self, wait: SocketWait, deadline: float) -> bool:
         """Start a wait on wait.fd that ends at `deadline`; False if that has passed already.
@@ -65,6 +70,20 @@ class SocketTimers:
         if deadline < wait.queued:
             self._push(wait, deadline)
         return True
+
+    def forget(self, wait: SocketWait) -> None:
+        """The session has ended: its entries are dropped when they come due or, when they
+        are half the heap (fast churn: one a connection, for up to an idle timeout), at once."""
+        wait.closed = True
+        wait.waiting = False
+        if wait.queued == math.inf:
+            return
+        self._closed_entries += 1
+        heap = self._heap
+        if self._closed_entries > PRUNE_FROM and 2 * self._closed_entries > len(heap):
+            heap[:] = [entry for entry in heap if not entry[2].closed]
+            heapq.heapify(heap)
+            self._closed_entries = 0
 
     def _push(self, wait: SocketWait, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, next(self._order), wait))
@@ -84,6 +103,8 @@ class SocketTimers:
                 due, _, wait = heapq.heappop(heap)
                 if due == wait.queued:
                     wait.queued = math.inf  # its soonest entry is gone (others may be left)
+                    if wait.closed and self._closed_entries:
+                        self._closed_entries -= 1
                 if not wait.waiting:
                     continue
                 if wait.deadline <= now:

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.server import app
+from gateway.server import app, timers
 from gateway.server import session as session_module
 
 from .harness import PLAIN, Client, MemoryQueue, make_gateway, plain_auth
@@ -247,3 +247,31 @@ async def test_a_drain_ends_idle_socket_sessions_and_lets_transactions_finish(
     assert len(queue.messages) == 1
     for client_stream, _ in streams:
         await client_stream.aclose()
+
+
+async def test_ended_sessions_do_not_pile_up_in_the_timer_heap(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Fast churn leaves an entry a connection for up to an idle timeout: past PRUNE_FROM
+    they are dropped, and a session still waiting keeps its deadline exactly."""
+    gateway = make_gateway()
+    client_stream, server_stream = socket_pair()
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    waiting = Client(client_stream)
+    assert (await waiting.reply()).code == 220
+    started = trio.current_time()
+    for k in range(3 * timers.PRUNE_FROM):
+        churned_client, churned_server = socket_pair()
+        nursery.start_soon(gateway.handle, churned_server, PLAIN, f"192.0.2.2:{k}")
+        churned = Client(churned_client)
+        assert (await churned.reply()).code == 220
+        assert (await churned.command(b"QUIT")).code == 221
+        assert await churned.closed()
+        await churned_client.aclose()
+        assert len(gateway.timers._heap) <= 2 * timers.PRUNE_FROM + 2
+    assert trio.current_time() == started  # no virtual time passed: nothing came due
+    with trio.fail_after(60):  # virtual: a deadline lost in the pruning fails, not hangs
+        reply = await waiting.reply()
+    assert (reply.code, reply.enhanced) == (421, "4.4.2")
+    assert trio.current_time() - started == 30
+    await client_stream.aclose()
