@@ -78,7 +78,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     users = USERS
     # measure() copies these.
     small = Load(0, PASSWORD, users[:50], sessions=50, messages=200 // q)
-    churn = Load(0, PASSWORD, users[:20], sessions=20, messages=100 // q, reconnect_every=1)
+    churn = Load(0, PASSWORD, users[:50], sessions=50, messages=40 // q, reconnect_every=1)
     big = Load(
         0,
         PASSWORD,
