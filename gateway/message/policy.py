@@ -173,7 +173,7 @@ def _plain_fields(header: bytes) -> list[tuple[str, str]] | None:
 
 def _check_fields(fields: Iterable[tuple[str, str]], rules: Rules) -> Reply | None:
     """The checks on the top-level fields, given as (name, raw value) in order."""
-    counts: dict[str, int] = {}  # a Counter costs more to make than a message has fields
+    counts: dict[str, int] = {}  # not a Counter: making one costs more than this counting
     raw: dict[str, str] = {}  # the first From and Sender
     for name, value in fields:
         key = name.lower()

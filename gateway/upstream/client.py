@@ -269,8 +269,8 @@ class _Connection:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             while self._outbox:
-                # Frames on plain TCP go out without a checkpoint when the socket takes them
-                # (see _write_all): one per batch lets the sessions have their turn.
+                # A turn for every other task before taking the batch: the publishes the
+                # sessions make in this round go out with it, in one write.
                 await trio.lowlevel.checkpoint()
                 batch, self._outbox = self._outbox, []
                 frame: list[bytes] = []
