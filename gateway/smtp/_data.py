@@ -14,6 +14,8 @@ search of CRLF ".".
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from . import _replies as replies
@@ -25,6 +27,8 @@ _END_AT_START = b".\r\n"
 _PARTIAL_ENDS = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 _VIEW_FROM = 8192  # octets from which a region is copied out through a memoryview
 _STUFFED_LINES = 16  # listed one by one; past this many in a chunk, one replace does them all
+# A CR that no LF follows. A region never ends in CR (it is held back): a CR there is bare.
+_LONE_CR = re.compile(rb"\r(?!\n)").search
 
 
 def _held_back(buf: bytearray) -> int:
@@ -109,11 +113,11 @@ class DataReader:
         at_line_start, self._at_line_start = self._at_line_start, False
         if self.error is not None:
             return b""
-        # Every CR and LF is part of a CRLF when there are twice as many of them as CRLFs (a
-        # CRLF counts one of each, so neither can be short). Two C passes; three counts
-        # (CRLF, CR, LF) cost half as much again, and that was most of DATA's CPU.
-        line_ends = len(region) - len(region.translate(None, b"\r\n"))
-        if line_ends != 2 * region.count(b"\r\n"):
+        # No CR without an LF after it, and as many CRs as LFs: then each LF is the one after
+        # a CR, so neither stands alone. Single-octet counts and a search that stops at each
+        # CR cost two thirds of a count of CRLF pairs (a two-octet search, 0.8 ns an octet)
+        # plus a translate: 52 against 77 us per 64 KiB, most of DATA's CPU.
+        if region.count(b"\r") != region.count(b"\n") or _LONE_CR(region) is not None:
             self.error = replies.message_rejected(
                 "bare CR or LF in message data (lines must end with CRLF)"
             )

@@ -66,7 +66,11 @@ def test_smuggling_vectors_never_end_the_message(vector: bytes) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"bare\nLF\r\n", b"bare\rCR\r\n", b"\nx\r\n", b"\rx\r\n", b"end\r\r\n", b"x\n\r\n"],
+    [
+        *(b"bare\nLF\r\n", b"bare\rCR\r\n", b"\nx\r\n", b"\rx\r\n", b"end\r\r\n", b"x\n\r\n"),
+        # As many CRs as LFs, but not in pairs: an LF then a CR.
+        *(b"a\n\rb\r\n", b"a\nb\rc\r\n", b"\n\r\r\n", b"a\r\r\n\nb\r\n"),
+    ],
     ids=repr,
 )
 def test_bare_cr_or_lf_rejected_after_the_final_dot(body: bytes) -> None:
