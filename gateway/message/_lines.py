@@ -29,6 +29,7 @@ from email.feedparser import BufferedSubFile  # type: ignore[attr-defined]  # no
 
 # The parser's header-line pattern, and a blank line.
 _HEADER_OR_BLANK = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]|\r\n")
+_BLANK_LINE = re.compile("\r\n\r\n").search  # the end of a line, then an empty one
 
 
 def _anchors(text: str) -> list[int]:
@@ -40,11 +41,13 @@ def _anchors(text: str) -> list[int]:
         if i == 0 or text[i - 1] == "\n":
             anchors.append(i)
         i = text.find("-", text.find("\n", i))
-    blank = text.find("\r\n\r\n")
-    if blank >= 0:
-        while blank >= 0:
-            anchors.append(blank + 2)
-            blank = text.find("\r\n\r\n", blank + 2)
+    # A regular expression, because it looks for its first character alone and only then at
+    # the rest: str.find of four characters took twice as long, half of a big message's feed.
+    blank = _BLANK_LINE(text)
+    if blank is not None:
+        while blank is not None:
+            anchors.append(blank.start() + 2)
+            blank = _BLANK_LINE(text, blank.start() + 2)
         anchors.sort()
     return anchors
 
