@@ -7,10 +7,12 @@ a fixed rate, attachments, the per-user storm) gets the replies it expects, and 
 
 from __future__ import annotations
 
+import socket
 import ssl
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trustme
 
@@ -36,11 +38,47 @@ def load(running: Running, mode: TlsMode = TlsMode.NONE, **kwargs: object) -> lo
     return base
 
 
-async def test_pipelined_sessions_every_250_is_in_the_stream(running: Running) -> None:
-    result = await loadgen.run(load(running, sessions=3, messages=4))
+ENGINES = pytest.mark.parametrize("engine", ["epoll", "trio"])
+
+
+@ENGINES
+async def test_pipelined_sessions_every_250_is_in_the_stream(running: Running, engine: str) -> None:
+    result = await loadgen.run(load(running, sessions=3, messages=4, engine=engine))
     assert (result.accepted, result.failed, result.errors) == (12, 0, {})
     assert len(result.latencies) == 12
+    assert result.connections == 3
+    assert result.wall > 0
     assert await in_stream(running) == 12
+
+
+@ENGINES
+async def test_auth_login_unpipelined_reconnecting_many_recipients(
+    running: Running, engine: str
+) -> None:
+    spec = load(
+        running,
+        sessions=3,
+        messages=4,
+        recipients=100,
+        reconnect_every=2,
+        pipelining=False,
+        auth="LOGIN",
+        engine=engine,
+        opening=2,  # sessions queue for the right to log in
+    )
+    result = await loadgen.run(spec)
+    assert (result.accepted, result.failed, result.errors) == (12, 0, {})
+    assert result.connections == 3 * 2
+    assert await in_stream(running) == 12
+
+
+@ENGINES
+async def test_big_messages_go_out_in_pieces(running: Running, engine: str) -> None:
+    # 6 MiB a message: more than a loopback socket takes at once, so sends wait for room.
+    spec = load(running, sessions=2, messages=2, size=6 << 20, attachment=2 << 20, engine=engine)
+    result = await loadgen.run(spec)
+    assert (result.accepted, result.failed, result.errors) == (4, 0, {})
+    assert await in_stream(running) == 4
 
 
 async def test_starttls_auth_login_unpipelined_reconnecting(
@@ -74,8 +112,9 @@ async def test_fixed_rate_and_an_attachment(running: Running) -> None:
     assert await in_stream(running) == 6
 
 
-async def test_a_refused_message_is_counted_as_a_failure(running: Running) -> None:
-    spec = load(running, sessions=1, messages=2, domain="not-alices.example")
+@ENGINES
+async def test_a_refused_message_is_counted_as_a_failure(running: Running, engine: str) -> None:
+    spec = load(running, sessions=1, messages=2, domain="not-alices.example", engine=engine)
     result = await loadgen.run(spec)
     assert (result.accepted, result.failed) == (0, 2)
     # 553 for the sender; RCPT and DATA then have no transaction: 503 each.
@@ -103,3 +142,93 @@ async def test_stall_probe_measures_round_trips(running: Running) -> None:
         nursery.cancel_scope.cancel()
     assert probe.round_trips
     assert 0 < probe.worst < 5
+
+
+async def _misbehaving_server(
+    behaviour: str,
+    seen: list[int] | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A server on loopback that never answers ("silent"), hangs up after EHLO ("hang up"),
+    or refuses every login ("refuse"). `seen` gets the count of connections open after each
+    new one."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    open_now = 0
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal open_now
+        open_now += 1
+        if seen is not None:
+            seen.append(open_now)
+        async with stream:
+            try:
+                await answer(stream)
+            finally:
+                open_now -= 1
+
+    async def answer(stream: trio.SocketStream) -> None:
+        if behaviour == "silent":
+            await stream.receive_some()  # until the client gives up
+            return
+        await stream.send_all(b"220 hello\r\n")
+        await stream.receive_some()  # EHLO
+        if behaviour == "hang up":
+            return  # nothing unread: the client sees the end, not a reset
+        await stream.send_all(b"250-hello\r\n250 AUTH PLAIN\r\n")
+        await stream.receive_some()  # AUTH
+        await stream.send_all(b"535 5.7.8 no\r\n")
+        await stream.receive_some()  # QUIT, or the end
+
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(serve, listeners)
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "hang up", "refuse", "nobody listens"])
+async def test_both_engines_count_a_server_that_fails_them_alike(
+    behaviour: str, nursery: trio.Nursery
+) -> None:
+    if behaviour == "nobody listens":
+        port = _unused_port()
+    else:
+        port = await nursery.start(_misbehaving_server, behaviour)
+    results = {}
+    for engine in ("epoll", "trio"):
+        spec = loadgen.Load(
+            port, PASSWORD, ["alice"], sessions=3, messages=2, reply_timeout=0.3, engine=engine
+        )
+        with trio.fail_after(10):
+            results[engine] = await loadgen.run(spec)
+    expected = {
+        "silent": "TooSlowError: ",
+        "hang up": "ConnectionError: server closed the connection",
+        "refuse": "AuthRefused: AUTH answered 535 5.7.8 no",
+        "nobody listens": "ConnectionRefusedError: "
+        + f"[Errno 111] connect to 127.0.0.1:{port}: Connection refused"[:60],
+    }[behaviour]
+    for result in results.values():
+        # Each session fails once, at login, and ends: nothing is sent.
+        assert (result.accepted, result.failed, result.errors) == (0, 3, {expected: 3})
+    assert results["epoll"].connections == results["trio"].connections
+
+
+@ENGINES
+async def test_no_more_than_opening_sessions_log_in_at_once(
+    engine: str, nursery: trio.Nursery
+) -> None:
+    seen: list[int] = []
+    port = await nursery.start(_misbehaving_server, "silent", seen)
+    spec = loadgen.Load(
+        port, PASSWORD, ["alice"], sessions=4, reply_timeout=0.2, opening=2, engine=engine
+    )
+    with trio.fail_after(10):
+        result = await loadgen.run(spec)
+    assert result.errors == {"TooSlowError: ": 4}
+    assert len(seen) == 4
+    assert max(seen) == 2  # two wait for the first two to time out
