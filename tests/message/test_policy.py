@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -301,6 +302,29 @@ def test_trace_headers() -> None:
     assert "\r\nDate: Sun, 29 Nov 2026 12:00:00 +0000\r\n" in added
     assert "\r\nMessage-ID: <QID." in added
     assert added.endswith("@mx.test>\r\n")
+
+
+def test_message_ids_differ_even_for_the_same_submission() -> None:
+    def message_id() -> str:
+        added = trace_headers(
+            mail(b"From: alice@example.com\r\n"),
+            hostname="mx.test",
+            helo="c",
+            client_ip="192.0.2.7",
+            tls=False,
+            smtputf8=False,
+            queue_id="QID",
+            rcpt_to=("bob@example.net",),
+            now=NOW,
+        ).decode()
+        [line] = [x for x in added.split("\r\n") if x.startswith("Message-ID: ")]
+        return line.removeprefix("Message-ID: ")
+
+    ids = {message_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for found in ids:
+        # RFC 5322 msg-id: "<" dot-atom-text "@" dot-atom-text ">"
+        assert re.fullmatch(r"<QID\.[0-9a-f]+@mx\.test>", found), found
 
 
 def test_trace_keeps_existing_date_and_message_id_and_names_no_recipient_of_many() -> None:
