@@ -105,7 +105,7 @@ def check(
     """
     chunks = [message] if isinstance(message, bytes) else message
     header = header_section(chunks)
-    if any(b"\0" in chunk for chunk in chunks):
+    if b"\0" in chunks[0] if len(chunks) == 1 else any(b"\0" in chunk for chunk in chunks):
         return replies.message_rejected("NUL character in the message")
     if not rules.smtputf8 and not header.isascii():
         return replies.message_rejected(
@@ -171,13 +171,18 @@ def _plain_fields(header: bytes) -> list[tuple[str, str]] | None:
     return [(name, value.rstrip("\r\n")) for name, value in fields]
 
 
+_SINGLE_KEYS = tuple((name, name.lower()) for name in SINGLE_FIELDS)
+
+
 def _check_fields(fields: Iterable[tuple[str, str]], rules: Rules) -> Reply | None:
     """The checks on the top-level fields, given as (name, raw value) in order."""
     counts: dict[str, int] = {}  # not a Counter: making one costs more than this counting
     raw: dict[str, str] = {}  # the first From and Sender
+    total = 0
     for name, value in fields:
         key = name.lower()
         counts[key] = counts.get(key, 0) + 1
+        total += 1
         if (key == "from" or key == "sender") and key not in raw:
             raw[key] = value
     froms = counts.get("from", 0)
@@ -185,17 +190,15 @@ def _check_fields(fields: Iterable[tuple[str, str]], rules: Rules) -> Reply | No
         return replies.message_rejected(
             "no From header" if not froms else f"{froms} From headers (exactly one allowed)"
         )
-    for name in SINGLE_FIELDS:
-        count = counts.get(name.lower(), 0)
-        if count > 1:
-            return replies.message_rejected(f"{count} {name} headers (at most one allowed)")
-    for name in ("From", "Sender"):
-        first = raw.get(name.lower())
-        if first is not None:
-            problem = _address_problem(first, name, rules)
-            if problem is not None:
-                return problem
-    return None
+    if total != len(counts):  # some name repeats: is it one that may not?
+        for name, key in _SINGLE_KEYS:
+            count = counts.get(key, 0)
+            if count > 1:
+                return replies.message_rejected(f"{count} {name} headers (at most one allowed)")
+    problem = _address_problem(raw["from"], "From", rules)
+    if problem is None and "sender" in raw:
+        problem = _address_problem(raw["sender"], "Sender", rules)
+    return problem
 
 
 def header_section(chunks: list[bytes]) -> bytes:
@@ -217,25 +220,22 @@ def _address_problem(raw: str, name: str, rules: Rules) -> Reply | None:
     parsed = parse(name, raw)
     if parsed is None:
         return replies.message_rejected(f"the {name} header cannot be parsed")
-    specs, defect_types = parsed
-    # Under SMTPUTF8 raw UTF-8 is legal in headers (RFC 6532): the parser, reading bytes as
-    # ASCII, marks it; those marks are not defects then.
-    tolerated = _UTF8_MARKS if rules.smtputf8 else ()
-    defects = [d for d in defect_types if not issubclass(d, tolerated)]
-    if defects or not specs or any(s is None or "@" not in s for s in specs):
+    specs, valid, valid_under_smtputf8 = parsed
+    if not (valid_under_smtputf8 if rules.smtputf8 else valid):
         return replies.message_rejected(f"the {name} header is not a valid address")
     if name == "Sender" and len(specs) != 1:
         return replies.message_rejected("the Sender header must hold exactly one address")
-    if not all(s is not None and rules.owns(s) for s in specs):
-        return replies.from_not_permitted(rules.user)
+    owns = rules.owns
+    for spec in specs:
+        if not owns(spec):
+            return replies.from_not_permitted(rules.user)
     return None
 
 
 @functools.lru_cache(maxsize=4096)
-def _address_field(
-    name: str, raw: str
-) -> tuple[tuple[str | None, ...], tuple[type[email.errors.MessageDefect], ...]] | None:
-    """The addresses and defect kinds of one address field, from its raw text.
+def _address_field(name: str, raw: str) -> tuple[tuple[str, ...], bool, bool] | None:
+    """The addresses of one address field, from its raw text, and whether it is a valid list
+    of addresses: as it is, and under SMTPUTF8. None if it cannot be parsed at all.
 
     The stdlib's address parser is most of a small message's check, and a user's From repeats
     from message to message: the result depends on the text alone, so it is remembered.
@@ -246,8 +246,17 @@ def _address_field(
         addresses = field.addresses
     except (ValueError, TypeError, IndexError, AttributeError):
         return None
-    specs = tuple(_unescape(a.addr_spec) for a in addresses)
-    return specs, tuple(type(d) for d in field.defects)
+    found = [_unescape(a.addr_spec) for a in addresses]
+    specs = tuple(s for s in found if s is not None)
+    addresses_valid = bool(found) and all(s is not None and "@" in s for s in found)
+    defects = [type(d) for d in field.defects]
+    # Under SMTPUTF8 raw UTF-8 is legal in headers (RFC 6532): the parser, reading bytes as
+    # ASCII, marks it; those marks are not defects then.
+    return (
+        specs,
+        addresses_valid and not defects,
+        addresses_valid and all(issubclass(d, _UTF8_MARKS) for d in defects),
+    )
 
 
 _UTF8_MARKS = (email.errors.UndecodableBytesDefect, email.errors.NonASCIILocalPartDefect)
