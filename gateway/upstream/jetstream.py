@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import attrs
@@ -103,6 +104,12 @@ def _base32_80(n: int) -> str:
         p[n >> 70 & 1023] + p[n >> 60 & 1023] + p[n >> 50 & 1023] + p[n >> 40 & 1023]
         + p[n >> 30 & 1023] + p[n >> 20 & 1023] + p[n >> 10 & 1023] + p[n & 1023]
     )  # fmt: skip
+
+
+# {"stream":"NAME","seq":N} with ',"duplicate":true' when the stream had it already.
+_USUAL_ACK = re.compile(
+    rb'\{"stream":"([A-Za-z0-9_-]{1,255})",\s*"seq":([0-9]{1,19})(,\s*"duplicate":\s*true)?\}'
+).fullmatch
 
 
 @attrs.frozen
@@ -209,11 +216,21 @@ async def publish(
     reply = await client.request(
         settings.subject, message, submission.headers(), prefix=prefix, deadline=deadline
     )
+    return pub_ack(reply.payload)
+
+
+def pub_ack(payload: bytes) -> PubAck:
+    """JetStream's answer to a publish, or the UpstreamError it says."""
+    # The usual answer is read without the JSON decoder (a fifth of an ack's handling);
+    # anything else, errors and added fields included, goes through it.
+    usual = _USUAL_ACK(payload)
+    if usual is not None:
+        return PubAck(usual[1].decode(), int(usual[2]), usual[3] is not None)
     try:
-        ack = json.loads(reply.payload)
+        ack = json.loads(payload)
     except ValueError:
         raise UpstreamRejected(
-            f"JetStream acknowledgement is not JSON: {reply.payload[:80]!r}", temporary=True
+            f"JetStream acknowledgement is not JSON: {payload[:80]!r}", temporary=True
         ) from None
     error = _api_error(ack)
     if error is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from gateway.upstream import (
     MessageTooLarge,
     NatsClient,
+    PubAck,
     StreamSettings,
     Submission,
     SubmissionDigest,
@@ -25,7 +27,7 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.upstream.jetstream import _base32_80, ensure_stream
+from gateway.upstream.jetstream import _USUAL_ACK, _base32_80, ensure_stream, pub_ack
 
 from .natsproc import (
     SETTINGS,
@@ -91,6 +93,59 @@ async def test_same_submission_twice_is_stored_once(
         info = await stream_info(upstream.client)
         assert info["state"]["messages"] == 2
         assert upstream.statistics().duplicates == 1
+
+
+async def test_the_servers_acks_take_the_quick_reading(
+    nats: NatsProcess, nursery: trio.Nursery
+) -> None:
+    async with running_upstream(nats.ws_url, nursery) as upstream:
+        sub = submission(MESSAGE)
+        payloads = [
+            (await upstream.client.request(SETTINGS.subject, MESSAGE, sub.headers())).payload
+            for _ in range(2)  # stored, then a duplicate
+        ]
+    assert all(_USUAL_ACK(p) for p in payloads), payloads
+    assert [pub_ack(p) for p in payloads] == [PubAck("MAIL", 1, False), PubAck("MAIL", 1, True)]
+
+
+def _json_reading(ack: object) -> PubAck:
+    assert isinstance(ack, dict)
+    return PubAck(str(ack.get("stream", "")), ack["seq"], bool(ack.get("duplicate", False)))
+
+
+@given(
+    stream=st.text("ABCXYZabc019_-", min_size=1, max_size=20),
+    seq=st.integers(0, 2**63 - 1),
+    duplicate=st.sampled_from([None, True, False]),
+    extra=st.sampled_from([{}, {"domain": "hub"}, {"error": {"code": 503}}]),
+    separators=st.sampled_from([(",", ":"), (", ", ": ")]),
+)
+def test_any_ack_reads_as_the_json_decoder_reads_it(
+    stream: str,
+    seq: int,
+    duplicate: bool | None,
+    extra: dict[str, object],
+    separators: tuple[str, str],
+) -> None:
+    ack: dict[str, object] = {"stream": stream, "seq": seq}
+    if duplicate is not None:
+        ack["duplicate"] = duplicate
+    ack.update(extra)
+    payload = json.dumps(ack, separators=separators).encode()
+    if "error" in ack:
+        with pytest.raises(UpstreamRejected):
+            pub_ack(payload)
+    else:
+        assert pub_ack(payload) == _json_reading(ack)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"{", b'{"stream":"MAIL"}', b'{"stream":"MAIL","seq":"1"}', b"[1]"]
+)
+def test_an_ack_that_is_no_ack_is_a_temporary_refusal(payload: bytes) -> None:
+    with pytest.raises(UpstreamRejected) as caught:
+        pub_ack(payload)
+    assert caught.value.temporary
 
 
 def test_submission_identity() -> None:
