@@ -105,7 +105,7 @@ def check(
     """
     chunks = [message] if isinstance(message, bytes) else message
     header = header_section(chunks)
-    if b"\0" in chunks[0] if len(chunks) == 1 else any(b"\0" in chunk for chunk in chunks):
+    if any(b"\0" in chunk for chunk in chunks):
         return replies.message_rejected("NUL character in the message")
     if not rules.smtputf8 and not header.isascii():
         return replies.message_rejected(
