@@ -491,14 +491,19 @@ class _EpollLoad:
         self.stopped = False  # set from outside: end now
         self.live = 0
         self.start = 0.0
-        self.addresses = [
-            (family, address)
-            for family, _, _, _, address in socket.getaddrinfo(
-                load.host, load.port, type=socket.SOCK_STREAM
-            )
-        ]
+        self.addresses: list[tuple[Any, ...]] = []
+        self.lookup_error: OSError | None = None  # each connect fails with it, as on trio
 
     def run(self) -> None:
+        try:  # in this thread: a lookup may wait on the network
+            self.addresses = [
+                (family, address)
+                for family, _, _, _, address in socket.getaddrinfo(
+                    self.load.host, self.load.port, type=socket.SOCK_STREAM
+                )
+            ]
+        except OSError as exc:
+            self.lookup_error = exc
         try:
             sessions = [_Session() for _ in range(self.load.sessions)]
             self.live = len(sessions)
@@ -635,7 +640,7 @@ class _EpollLoad:
         """A non-blocking connect: session.wanted is -1 until it completes."""
         session.deadline = time.monotonic() + self.load.reply_timeout
         session.buf.clear()
-        error = OSError(f"no address for {self.load.host}")
+        error = self.lookup_error or OSError(f"no address for {self.load.host}")
         for family, address in self.addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)

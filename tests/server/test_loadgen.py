@@ -190,18 +190,28 @@ def _unused_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize("behaviour", ["silent", "hang up", "refuse", "nobody listens"])
+@pytest.mark.parametrize(
+    "behaviour", ["silent", "hang up", "refuse", "nobody listens", "no such host"]
+)
 async def test_both_engines_count_a_server_that_fails_them_alike(
     behaviour: str, nursery: trio.Nursery
 ) -> None:
-    if behaviour == "nobody listens":
+    host = "bad host" if behaviour == "no such host" else "127.0.0.1"  # refused by the resolver
+    if behaviour in ("nobody listens", "no such host"):
         port = _unused_port()
     else:
         port = await nursery.start(_misbehaving_server, behaviour)
     results = {}
     for engine in ("epoll", "trio"):
         spec = loadgen.Load(
-            port, PASSWORD, ["alice"], sessions=3, messages=2, reply_timeout=0.3, engine=engine
+            port,
+            PASSWORD,
+            ["alice"],
+            sessions=3,
+            messages=2,
+            reply_timeout=0.3,
+            engine=engine,
+            host=host,
         )
         with trio.fail_after(10):
             results[engine] = await loadgen.run(spec)
@@ -211,7 +221,11 @@ async def test_both_engines_count_a_server_that_fails_them_alike(
         "refuse": "AuthRefused: AUTH answered 535 5.7.8 no",
         "nobody listens": "ConnectionRefusedError: "
         + f"[Errno 111] connect to 127.0.0.1:{port}: Connection refused"[:60],
+        # The resolver's own words ("Name or service not known", or a temporary failure).
+        "no such host": next(iter(results["trio"].errors), ""),
     }[behaviour]
+    if behaviour == "no such host":
+        assert expected.startswith("gaierror: ")
     for result in results.values():
         # Each session fails once, at login, and ends: nothing is sent.
         assert (result.accepted, result.failed, result.errors) == (0, 3, {expected: 3})
