@@ -554,23 +554,25 @@ class _EpollLoad:
             try:
                 data = sock.recv(65536)
             except BlockingIOError:
-                return
+                data = None
             except OSError as exc:
                 self._advance(session, None, exc)
                 return
-            if not data:
+            if data == b"":
                 self._advance(session, None, ConnectionError("server closed the connection"))
                 return
-            session.buf += data
-            replies = self._replies(session)
-            if replies is not None:
-                self._advance(session, replies)
+            if data:
+                session.buf += data
+        replies = self._replies(session)
+        if replies is not None:
+            self._advance(session, replies)
 
     @staticmethod
     def _replies(session: _Session) -> _Replies | None:
-        """The replies waited for, once all have come (multi-line ones read to their end)."""
+        """The replies waited for, once all have come (multi-line ones read to their end) and
+        the request is all sent: as on trio, a reply that comes early waits for the sending."""
         wanted = session.wanted
-        if wanted <= 0:
+        if wanted <= 0 or session.out is not None:
             return None
         buf = session.buf
         replies: _Replies = []

@@ -246,3 +246,55 @@ async def test_no_more_than_opening_sessions_log_in_at_once(
     assert result.errors == {"TooSlowError: ": 4}
     assert len(seen) == 4
     assert max(seen) == 2  # two wait for the first two to time out
+
+
+async def _early_server(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Logs anyone in, and answers 250 to DATA at once, before the message has come (then
+    reads the message to its end): a reply that arrives while the client is still sending."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 hello\r\n")
+            buf = b""
+            in_data = False
+            while data := await stream.receive_some():
+                buf += data
+                while True:
+                    if in_data:
+                        end = buf.find(b"\r\n.\r\n")
+                        if end < 0:
+                            buf = buf[-4:]  # what may begin the end
+                            break
+                        buf, in_data = buf[end + 5 :], False
+                        continue
+                    line, sep, rest = buf.partition(b"\r\n")
+                    if not sep:
+                        break
+                    buf = rest
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        await stream.send_all(b"354 go\r\n250 2.0.0 taken early\r\n")
+                        buf, in_data = b"\r\n" + buf, True
+                    elif verb == b"AUTH":
+                        await stream.send_all(b"235 ok\r\n")
+                    elif verb == b"QUIT":
+                        return
+                    else:
+                        await stream.send_all(b"250 ok\r\n")
+
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(serve, listeners)
+
+
+@ENGINES
+async def test_a_reply_that_comes_while_the_message_is_still_sent(
+    engine: str, nursery: trio.Nursery
+) -> None:
+    port = await nursery.start(_early_server)
+    spec = loadgen.Load(
+        port, PASSWORD, ["alice"], sessions=2, messages=3, size=6 << 20, engine=engine
+    )
+    with trio.fail_after(30):
+        result = await loadgen.run(spec)
+    assert (result.accepted, result.failed, result.errors) == (6, 0, {})
