@@ -617,16 +617,9 @@ class _EpollLoad:
                 if self.opening >= self.load.opening:
                     session.deadline = math.inf
                     self.to_open.append(session)
-                    return
-                self.opening += 1
-                session.in_login = True
-                try:
-                    self._connect(session)
-                except OSError as exc:
-                    error = exc
-                    continue
-                if session.wanted == -1:
-                    return
+                else:
+                    self._open(session)
+                return
             elif request == _LOGGED_IN:
                 self._release_opening(session)
             elif request == _READY:
@@ -637,6 +630,18 @@ class _EpollLoad:
                 return
             elif request == _QUIT:
                 self._close(session, polite=True)
+
+    def _open(self, session: _Session) -> None:
+        """Take one of load.opening for the session and connect it; it goes on from there."""
+        self.opening += 1
+        session.in_login = True
+        try:
+            self._connect(session)
+        except OSError as exc:
+            self._advance(session, None, exc)
+            return
+        if session.wanted != -1:  # connected at once
+            self._advance(session, None)
 
     def _connect(self, session: _Session) -> None:
         """A non-blocking connect: session.wanted is -1 until it completes."""
@@ -652,7 +657,8 @@ class _EpollLoad:
                 session.sock = sock
                 self.by_fd[sock.fileno()] = session
                 session.wanted = -1 if code else 0
-                self.result.connections += 0 if code else 1
+                if not code:
+                    self.result.connections += 1
                 self.epoll.register(sock.fileno(), select.EPOLLOUT if code else select.EPOLLIN)
                 return
             sock.close()
@@ -708,16 +714,7 @@ class _EpollLoad:
         session.in_login = False
         self.opening -= 1
         if self.to_open:
-            waiting = self.to_open.popleft()
-            self.opening += 1
-            waiting.in_login = True
-            try:
-                self._connect(waiting)
-            except OSError as exc:
-                self._advance(waiting, None, exc)
-                return
-            if waiting.wanted != -1:
-                self._advance(waiting, None)
+            self._open(self.to_open.popleft())
 
     def _end(self, session: _Session) -> None:
         session.script = None
