@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,9 @@ GIL_SWITCH_INTERVAL = 0.002  # seconds
 ACCEPT_RETRY = 0.1  # seconds to wait when accept fails for want of descriptors or memory
 # accept(2) failures that mean "out of something", not "this socket is broken"
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+# accept(2) failures for a connection that went away before it was taken (as trio ignores)
+_ACCEPT_GONE_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+ACCEPT_BATCH = 64  # connections taken at one wake-up before the other tasks get a turn
 
 
 @attrs.frozen
@@ -138,9 +142,14 @@ async def serve(
         listeners: list[trio.CancelScope] = []
         addresses = []
         for listener in config.listeners:
-            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+            sockets = [
+                _detached(trio_listener)
+                for trio_listener in await trio.open_tcp_listeners(
+                    listener.port, host=listener.host
+                )
+            ]
             for sock in sockets:
-                host, port = sock.socket.getsockname()[:2]
+                host, port = sock.getsockname()[:2]
                 addresses.append((listener, host, port))
                 log.info(
                     "listener.open",
@@ -165,7 +174,7 @@ async def _listen(
     scope: trio.CancelScope,
     gateway: Gateway,
     listener: Listener,
-    sockets: list[trio.SocketListener],
+    sockets: list[socket.socket],
     sessions: trio.Nursery,
 ) -> None:
     with scope:
@@ -173,6 +182,16 @@ async def _listen(
             for sock in sockets:
                 nursery.start_soon(_accept_loop, gateway, listener, sock, sessions)
     log.info("listener.closed", listener=listener.address)
+
+
+def _detached(trio_listener: trio.SocketListener) -> socket.socket:
+    """The listening socket under a trio SocketListener (bound and listening as trio made it,
+    dual-stack rules included), as a non-blocking socket of the standard library."""
+    trio_sock = trio_listener.socket
+    family, type_, proto = trio_sock.family, trio_sock.type, trio_sock.proto
+    sock = socket.socket(family, type_, proto, fileno=trio_sock.detach())
+    sock.setblocking(False)
+    return sock
 
 
 def _routes(gateway: Gateway) -> dict[str, Callable[[], tuple[int, str]]]:
@@ -199,52 +218,56 @@ def _format(host: str, port: int) -> str:
 
 
 async def _accept_loop(
-    gateway: Gateway,
-    listener: Listener,
-    sock: trio.abc.Listener[trio.SocketStream],
-    sessions: trio.Nursery,
+    gateway: Gateway, listener: Listener, sock: socket.socket, sessions: trio.Nursery
 ) -> None:
-    """Accept connections on `sock` and start each one's session in `sessions`.
+    """Accept connections on the non-blocking listening socket `sock`, which this loop owns
+    and closes, and start each one's session in `sessions`.
 
-    Not trio.serve_listeners: its handler wrapper is one more frame kept for the life of every
-    connection, and it closes every stream again after the session has (a cancel scope and a
-    task switch per connection). Every coroutine `_accept` returns closes its own stream.
+    On the socket itself, not through trio.SocketListener: its accept ends with a turn for
+    every other task and then asks for the peer's address the kernel just gave, a third of
+    what accepting costs (42 against 31 us of CPU per connection here). This loop takes every
+    connection waiting, up to ACCEPT_BATCH, at each wake-up. Not trio.serve_listeners either:
+    its handler wrapper is one more frame kept for the life of every connection, and it
+    closes every stream again after the session has (a cancel scope and a task switch per
+    connection). Every coroutine `_accept` returns closes its own stream.
     """
-    async with sock:  # closed however the loop ends
+    try:
         while True:
-            try:
-                stream = await sock.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error(
-                    "listener.accept_failed",
-                    listener=listener.address,
-                    error=os.strerror(exc.errno),
-                )
-                await trio.sleep(ACCEPT_RETRY)
-                continue
-            sessions.start_soon(_accept, gateway, listener, stream)
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, peer = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_GONE_ERRNOS:
+                        continue
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error(
+                        "listener.accept_failed",
+                        listener=listener.address,
+                        error=os.strerror(exc.errno),
+                    )
+                    await trio.sleep(ACCEPT_RETRY)
+                    break
+                sessions.start_soon(_accept, gateway, listener, conn, peer)
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
 
 def _accept(
-    gateway: Gateway, listener: Listener, stream: trio.SocketStream
+    gateway: Gateway, listener: Listener, conn: socket.socket, peer: Any
 ) -> Coroutine[Any, Any, None]:
     """The coroutine that serves a new connection, and closes it at the end. Not a coroutine
     function itself: a frame of its own would be kept for the whole life of every
     connection."""
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:  # gone already
-        return _close(stream)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
     host, port = peer[0], peer[1]
     if not listener.proxy_protocol:
         return gateway.handle(stream, listener, _format(host, port))
     return _accept_proxied(gateway, listener, stream, host, port)
-
-
-async def _close(stream: trio.SocketStream) -> None:
-    await trio.aclose_forcefully(stream)
 
 
 async def _accept_proxied(

@@ -8,8 +8,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
+from typing import Any
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -142,37 +145,91 @@ async def test_a_client_that_vanishes_ends_only_its_own_session(nursery: trio.Nu
     await other_client.aclose()
 
 
-class _OutOfDescriptorsOnce(trio.abc.Listener[trio.SocketStream]):
-    """A real listener whose first accept fails the way accept(2) does at the descriptor
-    limit: a fault a test cannot cause without starving its own process."""
+class _FailsOnce(socket.socket):
+    """A real listening socket whose first accept fails as accept(2) can: at the descriptor
+    limit, or for a connection the client gave up before it was taken. Faults a test cannot
+    cause at will without starving its own process."""
 
-    def __init__(self, listener: trio.SocketListener) -> None:
-        self.listener = listener
-        self.failed = False
+    errno = errno.EMFILE
+    failed = False
 
-    async def aclose(self) -> None:
-        await self.listener.aclose()
-
-    async def accept(self) -> trio.SocketStream:
+    def accept(self) -> tuple[socket.socket, Any]:
         if not self.failed:
             self.failed = True
-            await trio.lowlevel.checkpoint()
-            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        return await self.listener.accept()
+            raise OSError(self.errno, os.strerror(self.errno))
+        return super().accept()
 
 
-async def test_accept_out_of_descriptors_waits_and_serves_on(nursery: trio.Nursery) -> None:
+class _OutOfDescriptorsOnce(_FailsOnce):
+    errno = errno.EMFILE
+
+
+class _AbortedOnce(_FailsOnce):
+    errno = errno.ECONNABORTED
+
+
+def _listening(cls: type[socket.socket] = socket.socket) -> socket.socket:
+    sock = cls(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)  # every connection of a test waits to be taken, none refused
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("cls", "waits"), [(_OutOfDescriptorsOnce, app.ACCEPT_RETRY), (_AbortedOnce, 0.0)]
+)
+async def test_accept_failure_is_waited_out_or_passed_over_and_serving_goes_on(
+    nursery: trio.Nursery, cls: type[_FailsOnce], waits: float
+) -> None:
+    """Out of descriptors: said in the log, and accept is tried again ACCEPT_RETRY later. A
+    connection aborted before it was taken: passed over at once."""
     gateway = make_gateway()
-    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listener.socket.getsockname()[1]
-    flaky = _OutOfDescriptorsOnce(listener)
-    nursery.start_soon(app._accept_loop, gateway, PLAIN, flaky, nursery)
-    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
-    await client.login()
+    flaky = _listening(cls)
+    port = flaky.getsockname()[1]
+    with structlog.testing.capture_logs() as logs:
+        nursery.start_soon(app._accept_loop, gateway, PLAIN, flaky, nursery)
+        started = trio.current_time()
+        client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+        await client.login()  # the greeting came: the connection was taken
+    assert isinstance(flaky, _FailsOnce)
     assert flaky.failed
+    assert trio.current_time() - started >= waits
+    failed = [line for line in logs if line["event"] == "listener.accept_failed"]
+    assert len(failed) == (1 if waits else 0)
     assert (await client.command(b"QUIT")).code == 221
     assert await client.closed()  # the session closed its own socket
     await client.stream.aclose()
+
+
+async def test_accept_takes_every_waiting_connection_and_closes_its_socket() -> None:
+    """Connections that wait together are each served, more than one wake-up takes; one the
+    client reset before it was taken is served and ends on its own without stopping the
+    loop; the loop closes its listening socket when it ends."""
+    gateway = make_gateway()
+    sock = _listening()
+    port = sock.getsockname()[1]
+    n = app.ACCEPT_BATCH * 2 + 5
+    async with trio.open_nursery() as nursery:
+        gone = socket.create_connection(("127.0.0.1", port))
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()  # a reset while it waits to be taken
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(n)]
+        nursery.start_soon(app._accept_loop, gateway, PLAIN, sock, nursery)
+        sessions = [Client(stream) for stream in clients]
+        for client in sessions:
+            assert (await client.reply()).code == 220
+        for client in sessions:
+            await client.send(b"QUIT\r\n")
+        for client in sessions:
+            assert (await client.reply()).code == 221
+            await client.stream.aclose()
+        with trio.fail_after(5):
+            await gateway.wait_all_closed()
+        nursery.cancel_scope.cancel()
+    assert sock.fileno() == -1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
 async def test_idle_deadlines_of_many_sessions_are_each_kept_exactly(
