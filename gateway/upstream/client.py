@@ -51,6 +51,7 @@ PROMPT_LIMIT = 64 * 1024
 PACE_INTERVAL = 0.1 * SECONDS  # how often the event loop's busy share is looked at
 PROMPT_BELOW = 0.75  # busy share under which requests go out at once
 GATHER_ABOVE = 0.9  # busy share over which they are gathered into the writer's frames again
+CALM_LOOKS = 3  # looks in a row under PROMPT_BELOW before requests go out at once again
 PING_INTERVAL = 20 * SECONDS
 MAX_PINGS_OUT = 2  # unanswered PINGs before the connection counts as dead
 CONNECT_TIMEOUT = 5 * SECONDS
@@ -195,16 +196,26 @@ def _redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def prompt_after(prompt: bool, busy: float) -> bool:
-    """Whether requests go out promptly after a look found the event loop `busy` (0 to 1, a
-    little over with the clocks' rounding): prompt under PROMPT_BELOW, gathered over
-    GATHER_ABOVE, and as before in between, so that the extra CPU prompt frames cost does not
-    flip the choice back and forth."""
+def _loop_clocks() -> tuple[float, float]:
+    """The CPU time of the calling thread (the event loop's) and the monotonic clock."""
+    return time.thread_time(), time.monotonic()
+
+
+def next_pace(prompt: bool, calm: int, busy: float) -> tuple[bool, int]:
+    """After a look found the event loop `busy` (0 to 1, a little over with the clocks'
+    rounding): whether requests go out promptly, and how many looks in a row found it calm.
+
+    Gathered at once when busy over GATHER_ABOVE. Prompt only after CALM_LOOKS looks in a row
+    under PROMPT_BELOW: a loop that gathers at 90 % dips under that now and then, and each
+    dip would cost a look's worth of prompt frames it has no CPU for. In between, as before:
+    the CPU prompt frames cost must not flip the choice back and forth.
+    """
     if busy > GATHER_ABOVE:
-        return False
-    if busy < PROMPT_BELOW:
-        return True
-    return prompt
+        return False, 0
+    if busy >= PROMPT_BELOW:
+        return prompt, 0
+    calm += 1
+    return prompt or calm >= CALM_LOOKS, calm
 
 
 def frame_header(size: int) -> bytes:
@@ -294,10 +305,10 @@ class _Connection:
         self._outbox.extend(pieces)
         self._wake_writer.set()
 
-    async def send(self, pieces: list[bytes]) -> None:
+    async def send(self, pieces: list[bytes], deadline: float = math.inf) -> None:
         """Send `pieces` as a frame of their own now, if prompt and they can be; else queue
         them for the writer. Waits only when the socket took part of the frame: the rest is
-        sent before anything else, by this task."""
+        sent before anything else, by this task, until `deadline` (trio time)."""
         direct = self._direct if self.prompt else None
         if direct is None or self._outbox or self._writing or self.ws.closed is not None:
             self.write(pieces)
@@ -316,19 +327,31 @@ class _Connection:
         if sent == size + len(frame[0]):
             return
         # Part of the frame went: the rest before any other frame, whatever happens here.
+        # If it cannot be sent, nothing can follow it: the connection is closed.
         lock.acquire_nowait()
         try:
-            await _write_all(sock.fileno(), [b"".join(frame)[sent:]])  # PROMPT_LIMIT at most
+            with trio.fail_at(deadline):
+                await _write_all(sock.fileno(), [b"".join(frame)[sent:]])  # 64 KiB at most
+        except trio.TooSlowError:
+            sock.close()
+            raise UpstreamTimeout("the NATS server took no more of a request in time") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            sock.close()
+            raise UpstreamUnavailable(f"connection to the NATS server lost: {exc}") from None
         except BaseException:
-            # Cancelled, or the socket broke, with a frame half sent: nothing can follow it.
             sock.close()
             raise
         finally:
             lock.release()
 
-    async def pace(self, interval: float = PACE_INTERVAL) -> None:
+    async def pace(
+        self,
+        interval: float = PACE_INTERVAL,
+        clocks: Callable[[], tuple[float, float]] = _loop_clocks,
+    ) -> None:
         """Keep `prompt` up to date: every `interval`, how busy the event loop was, from its
-        thread's CPU time against the clock's (see prompt_after).
+        thread's CPU time against the clock's (`clocks`: both, in seconds; see
+        next_pace).
 
         Measured on 50 sessions, the gateway pinned to one core: churning connections
         against a server that syncs each message, gathered frames left the gateway's core
@@ -336,13 +359,14 @@ class _Connection:
         prompt frames made small messages cost 140 instead of 80 us of CPU each, at 5,500
         instead of 9,200 a second; gathered, the core is 91-95 % busy.
         """
-        cpu, wall = time.thread_time(), time.monotonic()
+        cpu, wall = clocks()
+        calm = 0
         while True:
             await trio.sleep(interval)
-            now_cpu, now_wall = time.thread_time(), time.monotonic()
+            now_cpu, now_wall = clocks()
             busy = (now_cpu - cpu) / max(now_wall - wall, 1e-9)
             cpu, wall = now_cpu, now_wall
-            self.prompt = prompt_after(self.prompt, busy)
+            self.prompt, calm = next_pace(self.prompt, calm, busy)
 
     async def _send_frame(self, parts: list[bytes], size: int) -> None:
         lock = getattr(self.ws, "_stream_lock", None)
@@ -491,7 +515,7 @@ class NatsClient:
             )
         # Sent before the reply is waited for: the send waits only while the request is not
         # yet whole on the socket, and no reply can come before it is.
-        await conn.send(pieces)
+        await conn.send(pieces, math.inf if deadline is None else deadline)
         if self._conn is not conn:
             raise UpstreamUnavailable("connection to the NATS server lost before the reply")
         waiter = _Waiter()

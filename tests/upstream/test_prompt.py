@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -19,8 +18,9 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.upstream import UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import client as nats_client
-from gateway.upstream.client import PROMPT_LIMIT, frame_header, prompt_after
+from gateway.upstream.client import PROMPT_LIMIT, frame_header, next_pace
 
 from .natsproc import NatsProcess, direct_get, running_upstream
 from .test_jetstream import submission
@@ -149,48 +149,87 @@ async def test_a_frame_the_socket_takes_in_part_is_finished_before_any_other() -
         assert bytes(received) == expected
 
 
-async def test_a_frame_cut_short_by_cancellation_closes_the_socket() -> None:
-    """Cancelled with part of a frame on the wire: nothing could follow it, so the socket is
-    closed and the connection ends (the client then reconnects)."""
+@pytest.mark.parametrize("end", ["cancelled", "deadline", "closed"])
+async def test_a_frame_that_cannot_be_finished_closes_the_socket(end: str) -> None:
+    """Part of a frame on the wire and nobody reading: nothing could follow it, so the
+    socket is closed (and the client reconnects). Cancelled: the cancellation goes on. At the
+    request's deadline: a timeout. The connection closed meanwhile: the upstream is
+    unavailable. Either way the send lock is free again."""
     with connection(small_buffers=True) as (conn, _server):
-        with trio.move_on_after(0.1):
-            await conn.send([b"x" * (PROMPT_LIMIT - 100)])  # nobody reads: it cannot finish
+        half = [b"x" * (PROMPT_LIMIT - 100)]
+        if end == "cancelled":
+            with trio.move_on_after(0.1) as scope:
+                await conn.send(half)
+            assert scope.cancelled_caught
+        elif end == "deadline":
+            with pytest.raises(UpstreamTimeout):
+                await conn.send(half, trio.current_time() + 0.1)
+        else:
+            async with trio.open_nursery() as nursery:
+
+                async def close_soon() -> None:
+                    await trio.sleep(0.1)
+                    await conn.stream.aclose()
+
+                nursery.start_soon(close_soon)
+                with pytest.raises(UpstreamUnavailable, match="connection to the NATS server lost"):
+                    await conn.send(half)
         assert conn.stream.socket.fileno() == -1
         assert not conn.ws._stream_lock.locked()
 
 
 @pytest.mark.parametrize(
-    ("prompt", "busy", "after"),
+    ("prompt", "calm", "busy", "after"),
     [
-        (True, 0.0, True),
-        (True, 0.74, True),
-        (True, 0.85, True),  # in between: as it was
-        (True, 0.95, False),
-        (False, 1.02, False),  # the two clocks round differently
-        (False, 0.85, False),  # in between: as it was
-        (False, 0.7, True),
+        (True, 0, 0.0, (True, 1)),
+        (True, 5, 0.74, (True, 6)),
+        (True, 5, 0.85, (True, 0)),  # in between: as it was
+        (True, 5, 0.95, (False, 0)),  # busy: gathered at once
+        (False, 0, 1.02, (False, 0)),  # the two clocks round differently
+        (False, 2, 0.85, (False, 0)),  # in between: as it was, and the calm run ends
+        (False, 0, 0.5, (False, 1)),  # calm once: not yet
+        (False, 1, 0.7, (False, 2)),
+        (False, 2, 0.7, (True, 3)),  # calm three looks in a row: prompt
     ],
 )
-def test_prompt_below_a_busy_share_gathered_above_another(
-    prompt: bool, busy: float, after: bool
+def test_gathered_at_once_when_busy_prompt_after_three_calm_looks(
+    prompt: bool, calm: int, busy: float, after: tuple[bool, int]
 ) -> None:
-    assert prompt_after(prompt, busy) is after
+    assert next_pace(prompt, calm, busy) == after
 
 
-async def test_pace_follows_how_busy_the_event_loop_is() -> None:
+async def test_pace_follows_how_busy_the_event_loop_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every look compares the loop thread's CPU time with the clock's: here a CPU clock
+    that runs at a set share of trio's."""
+    share = 0.0
+    cpu = 0.0
+    last = trio.current_time()
+
+    def clocks() -> tuple[float, float]:
+        nonlocal cpu, last
+        now = trio.current_time()
+        cpu += (now - last) * share
+        last = now
+        return cpu, now
+
+    seen = []
     with connection() as (conn, _server):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn.pace, 0.01)
-            await trio.sleep(0.05)
-            assert conn.prompt
-            start = time.thread_time()
-            while time.thread_time() - start < 0.3:  # the loop busy, no task else runs
-                pass
-            await trio.sleep(0.005)  # one look at the loop, which was busy all along
-            assert not conn.prompt
-            await trio.sleep(0.1)  # idle
-            assert conn.prompt
+            nursery.start_soon(conn.pace, 0.1, clocks)
+            # Each for five looks: the last look's verdict is kept.
+            for value in (0.2, 1.0, 0.8, 0.5, 0.8, 0.95, 0.5):
+                share = value
+                await trio.sleep(0.55)
+                seen.append(conn.prompt)
+            # Two calm looks, a busy one: still gathered.
+            for value in (0.5, 0.5, 0.95, 0.5, 0.5):
+                share = value
+                await trio.sleep(0.1)
+            seen.append(conn.prompt)
             nursery.cancel_scope.cancel()
+    assert seen == [True, False, False, True, True, False, True, False]
 
 
 def short_writes(monkeypatch: pytest.MonkeyPatch, seed: int) -> list[int]:
