@@ -332,3 +332,67 @@ async def test_ended_sessions_do_not_pile_up_in_the_timer_heap(
     assert (reply.code, reply.enhanced) == (421, "4.4.2")
     assert trio.current_time() - started == 30
     await client_stream.aclose()
+
+
+@pytest.fixture
+def looks(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often sessions looked for the client's next bytes after a round, and found some."""
+    counts = {"looks": 0, "found": 0}
+    real = session_module.Session._read_after_a_round
+
+    async def counting(self: session_module.Session, fd: int) -> bytes | None:
+        skipped = self._looks_skipped < self._looks_to_skip
+        data = await real(self, fd)
+        if not skipped:
+            counts["looks"] += 1
+            counts["found"] += data is not None
+        return data
+
+    monkeypatch.setattr(session_module.Session, "_read_after_a_round", counting)
+    return counts
+
+
+async def test_busy_sessions_find_their_clients_next_command_after_a_round(
+    nursery: trio.Nursery, looks: dict[str, int]
+) -> None:
+    """Twenty clients, each sending its next command as soon as it has the reply: after
+    answering, a session gives the others a round, and then often finds the next command
+    waiting (a third of its looks here), without waiting on its socket. Every command is
+    answered in order."""
+    gateway = make_gateway()
+
+    async def client(k: int) -> None:
+        client_stream, server_stream = socket_pair()
+        nursery.start_soon(gateway.handle, server_stream, PLAIN, f"192.0.2.1:{k}")
+        client = Client(client_stream)
+        await client.login("bob" if k % 2 else "alice")
+        for i in range(30):
+            reply = await client.command(b"NOOP %d" % i if i % 2 else b"HELP")
+            assert reply.code in (250, 214)
+        assert (await client.command(b"QUIT")).code == 221
+        await client_stream.aclose()
+
+    async with trio.open_nursery() as clients:
+        for k in range(20):
+            clients.start_soon(client, k)
+    assert looks["found"] >= 20
+
+
+async def test_a_slow_client_costs_its_session_few_looks(
+    nursery: trio.Nursery, looks: dict[str, int]
+) -> None:
+    """A client that takes its time between commands is never there after a round: each miss
+    in a row doubles the waits before the next look, so 40 commands cost 5 looks, not 40."""
+    gateway = make_gateway()
+    client_stream, server_stream = socket_pair()
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    client = Client(client_stream)
+    await client.login()
+    before = dict(looks)
+    for _ in range(40):
+        await trio.sleep(0.002)
+        assert (await client.command(b"NOOP")).code == 250
+    assert looks["found"] == before["found"]
+    assert looks["looks"] - before["looks"] <= 5
+    assert (await client.command(b"QUIT")).code == 221
+    await client_stream.aclose()
