@@ -314,7 +314,8 @@ class Session:
                         data = self._read_now(fd)  # what is already there, with no task switch
                     elif fd >= 0 and answered:
                         data = await self._read_after_a_round(fd)
-                    if data is None:
+                    # A drain may have begun during that round: an idle session does not wait.
+                    if data is None and not (idle and self.gateway.draining):
                         self._eager = 0
                         if fd >= 0:
                             data = await self._wait_socket(fd, deadline, idle)

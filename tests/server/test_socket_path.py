@@ -18,6 +18,7 @@ import trio.testing
 
 from gateway.server import app, timers
 from gateway.server import session as session_module
+from gateway.smtp import Phase
 
 from .harness import PLAIN, Client, MemoryQueue, make_gateway, plain_auth
 
@@ -304,6 +305,33 @@ async def test_a_drain_ends_idle_socket_sessions_and_lets_transactions_finish(
     assert len(queue.messages) == 1
     for client_stream, _ in streams:
         await client_stream.aclose()
+
+
+async def test_a_drain_that_begins_while_a_session_looks_after_a_round_ends_it_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look after a round is a turn for every other task: a drain may begin in it. The
+    idle session is then told 421 4.3.2 at once, not at its idle deadline."""
+    gateway = make_gateway()
+    real = session_module.Session._read_after_a_round
+
+    async def drain_meanwhile(self: session_module.Session, fd: int) -> bytes | None:
+        if self.conn.phase is Phase.IDLE and self.user is not None:
+            gateway.start_draining()  # as if during the round
+        return await real(self, fd)
+
+    monkeypatch.setattr(session_module.Session, "_read_after_a_round", drain_meanwhile)
+    client_stream, server_stream = socket_pair()
+    nursery.start_soon(gateway.handle, server_stream, PLAIN, "192.0.2.1:1")
+    client = Client(client_stream)
+    await client.login()
+    drained_at = trio.current_time()
+    with trio.fail_after(60):
+        reply = await client.reply()
+    assert (reply.code, reply.enhanced) == (421, "4.3.2")
+    assert trio.current_time() == drained_at
+    assert await client.closed()
+    await client_stream.aclose()
 
 
 async def test_ended_sessions_do_not_pile_up_in_the_timer_heap(
